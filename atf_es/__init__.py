@@ -1,0 +1,1 @@
+"""atf-es: an asynchronous task framework, event-sourced on Kafka."""

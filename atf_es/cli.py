@@ -1,0 +1,405 @@
+"""The ``atf-es`` command line: one entry point for every process and tool."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import textwrap
+import threading
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
+
+from atf_es.broker import (
+    BrokerConnection,
+    BrokerError,
+    EnsureResult,
+    TopicMismatchError,
+    admin_client,
+    connect,
+    ensure_topics,
+)
+from atf_es.config import (
+    ENV_CONFIG_FILE,
+    ENV_KAFKA_PREFIX,
+    ConfigError,
+    Settings,
+    env_var_for,
+    load_settings,
+)
+from atf_es.topics import TopicSpec, core_topic_specs
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from types import FrameType
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+# Global flag -> Settings field. The flags work before or after the subcommand.
+_SETTING_FLAGS = {
+    "bootstrap": "kafka_bootstrap",
+    "topic_prefix": "topic_prefix",
+    "partitions": "partitions",
+    "data_dir": "data_dir",
+}
+
+_ENV_HELP = f"""\
+configuration, later sources winning:
+  defaults < config file (--config or ${ENV_CONFIG_FILE}) < ATF_* environment variables
+  < command-line flags. Every setting has a variable, e.g. ATF_KAFKA_BOOTSTRAP,
+  ATF_TOPIC_PREFIX, ATF_PARTITIONS, ATF_DATA_DIR, ATF_POLL_INTERVAL_MS.
+  {ENV_KAFKA_PREFIX}<KEY> sets a Kafka client property: '_' in KEY becomes '.',
+  e.g. {ENV_KAFKA_PREFIX}SASL_MECHANISM=PLAIN sets sasl.mechanism.
+  Run 'atf-es config' to see every setting and where its value came from.
+"""
+
+
+class Service(Protocol):
+    """A long-running part of ``atf-es dev``; stoppable unstarted and twice."""
+
+    name: str
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class _Stop:
+    """Set by SIGINT/SIGTERM; lets the main thread wind down in order."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signal_name: str | None = None
+
+    def install(self) -> Callable[[], None]:
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            self.signal_name = signal.Signals(signum).name
+            self.event.set()
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def restore() -> None:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+        return restore
+
+
+def _common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    # Subparsers get the same options with SUPPRESS defaults, so a flag given
+    # after the subcommand does not reset one given before it.
+    default: Any = argparse.SUPPRESS if suppress else None
+    group = parser.add_argument_group("settings (override file and environment)")
+    group.add_argument(
+        "--config",
+        metavar="FILE",
+        default=default,
+        help=f"TOML settings file (default: ${ENV_CONFIG_FILE} if set)",
+    )
+    group.add_argument(
+        "--bootstrap",
+        metavar="HOST:PORT",
+        default=default,
+        help="Kafka bootstrap servers; unset means start the embedded broker "
+        "(env ATF_KAFKA_BOOTSTRAP)",
+    )
+    group.add_argument(
+        "--topic-prefix",
+        metavar="PREFIX",
+        default=default,
+        help="prefix of every topic name (env ATF_TOPIC_PREFIX, default 'atf')",
+    )
+    group.add_argument(
+        "--partitions",
+        type=int,
+        metavar="N",
+        default=default,
+        help="partitions of the commands and task-events topics (env ATF_PARTITIONS, default 8)",
+    )
+    group.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=default,
+        help="local state directory (env ATF_DATA_DIR, default .atf-data)",
+    )
+    group.add_argument(
+        "-v", "--verbose", action="store_true", default=default, help="log more detail"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="atf-es",
+        description="atf-es: an asynchronous task framework, event-sourced on Kafka.",
+        epilog=_ENV_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common_options(parser, suppress=False)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def sub(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        child = commands.add_parser(
+            name,
+            help=help_text,
+            description=textwrap.fill(description, 79),
+            epilog=_ENV_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        _common_options(child, suppress=True)
+        return child
+
+    dev = sub(
+        "dev",
+        "run a local development deployment",
+        "Start the embedded Kafka-compatible broker (Tansu, in memory) unless --bootstrap "
+        "or ATF_KAFKA_BOOTSTRAP points at a broker, create the topics, report what was "
+        "done, and keep running until Ctrl-C or SIGTERM, then stop everything cleanly.",
+    )
+    dev.add_argument(
+        "--once",
+        action="store_true",
+        help="set everything up, report, then stop at once (a smoke test)",
+    )
+    dev.set_defaults(handler=_cmd_dev)
+
+    topics = sub(
+        "topics",
+        "create the topics on a broker and list them",
+        "Create every missing core topic on the broker given by --bootstrap or "
+        "ATF_KAFKA_BOOTSTRAP (existing ones are checked, not changed) and list them.",
+    )
+    topics.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only print the topics that would be created; needs no broker",
+    )
+    topics.set_defaults(handler=_cmd_topics)
+
+    config = sub(
+        "config",
+        "print the effective configuration",
+        "Validate the configuration and print every setting with the source that set it "
+        "(default, config file, environment variable or command line). Secrets in Kafka "
+        "client properties are masked.",
+    )
+    config.set_defaults(handler=_cmd_config)
+
+    check = sub(
+        "check",
+        "health check: is the broker reachable and are the topics there?",
+        "Connect to the broker given by --bootstrap or ATF_KAFKA_BOOTSTRAP and check that "
+        "every core topic exists with the partition count the code relies on. Exit status "
+        "0 when healthy, 1 when not, 2 on a usage or configuration error.",
+    )
+    check.add_argument(
+        "--timeout", type=float, default=10.0, metavar="SECONDS", help="give up after this long"
+    )
+    check.set_defaults(handler=_cmd_check)
+    return parser
+
+
+def _settings_from(args: argparse.Namespace) -> Settings:
+    overrides = {field: getattr(args, flag, None) for flag, field in _SETTING_FLAGS.items()}
+    return load_settings(getattr(args, "config", None), overrides=overrides)
+
+
+def _describe_spec(spec: TopicSpec, partitions: int | None = None) -> str:
+    configs = " ".join(f"{k}={v}" for k, v in spec.config.items())
+    count = spec.partitions if partitions is None else partitions
+    noun = "partition " if count == 1 else "partitions"
+    return f"{spec.name:<32} {count:>3} {noun}  {configs}"
+
+
+def _print_topics(out: TextIO, specs: list[TopicSpec], result: EnsureResult | None = None) -> None:
+    for spec in specs:
+        if result is None:
+            state = "planned"
+        else:
+            state = "created" if spec.name in result.created else "existing"
+        partitions = result.partitions.get(spec.name) if result is not None else None
+        print(f"  {state:<8} {_describe_spec(spec, partitions)}", file=out)
+
+
+def _dev_services(settings: Settings, bootstrap: str) -> list[Service]:
+    """The services ``atf-es dev`` runs, in start order (stopped in reverse)."""
+    # The processor, HSC, controller, executor and frontend join here as they land.
+    del settings, bootstrap
+    return []
+
+
+def _cmd_dev(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    stop = _Stop()
+    restore = stop.install()
+    started: list[Service] = []
+    connection: BrokerConnection | None = None
+    try:
+        connection = connect(settings)
+        if connection.broker is not None:
+            print(
+                f"broker: embedded Tansu (in memory) at {connection.bootstrap}, "
+                f"log {connection.broker.log_path}",
+                file=out,
+            )
+        else:
+            print(f"broker: {connection.bootstrap} (external)", file=out)
+        specs = core_topic_specs(settings)
+        result = ensure_topics(
+            connection.bootstrap,
+            specs,
+            settings.kafka_config,
+            replication_factor=settings.replication_factor,
+        )
+        print(
+            f"topics: {len(result.created)} created, {len(result.existing)} already existed",
+            file=out,
+        )
+        _print_topics(out, specs, result)
+        for service in _dev_services(settings, connection.bootstrap):
+            service.start()
+            started.append(service)
+            print(f"service: {service.name} started", file=out)
+        if not started:
+            print("services: none yet", file=out)
+        if args.once:
+            print("--once: stopping", file=out)
+        else:
+            print("running; press Ctrl-C to stop", file=out)
+            out.flush()
+            while not stop.event.wait(0.5):
+                if connection.broker is not None and not connection.broker.running:
+                    print(
+                        f"atf-es: the embedded broker stopped unexpectedly; see its log "
+                        f"{connection.broker.log_path}",
+                        file=sys.stderr,
+                    )
+                    return EXIT_FAILURE
+            print(f"{stop.signal_name or 'signal'} received: stopping", file=out)
+        return EXIT_OK
+    finally:
+        for service in reversed(started):
+            service.stop()
+        if connection is not None:
+            connection.close()
+            if connection.embedded:
+                print("broker: stopped", file=out)
+        restore()
+
+
+def _require_bootstrap(settings: Settings, command: str) -> str | None:
+    if settings.kafka_bootstrap is None:
+        print(
+            f"atf-es {command}: no broker configured; pass --bootstrap HOST:PORT or set "
+            "ATF_KAFKA_BOOTSTRAP (the embedded broker lives only as long as 'atf-es dev').",
+            file=sys.stderr,
+        )
+    return settings.kafka_bootstrap
+
+
+def _cmd_topics(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    specs = core_topic_specs(settings)
+    if args.dry_run:
+        print(f"topics for prefix {settings.topic_prefix!r}:", file=out)
+        _print_topics(out, specs)
+        return EXIT_OK
+    bootstrap = _require_bootstrap(settings, "topics")
+    if bootstrap is None:
+        return EXIT_USAGE
+    result = ensure_topics(
+        bootstrap, specs, settings.kafka_config, replication_factor=settings.replication_factor
+    )
+    print(
+        f"topics on {bootstrap}: {len(result.created)} created, "
+        f"{len(result.existing)} already existed",
+        file=out,
+    )
+    _print_topics(out, specs, result)
+    return EXIT_OK
+
+
+def _cmd_config(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    del args
+    for f in fields(settings):
+        if f.name in ("sources", "kafka_config"):
+            continue
+        value = getattr(settings, f.name)
+        shown = "(embedded broker)" if value is None else str(value)
+        source = settings.source_of(f.name)
+        env = "" if source.startswith("environment") else f"  [{env_var_for(f.name)}]"
+        print(f"{f.name:<22} = {shown:<24} # {source}{env}", file=out)
+    kafka = settings.redacted_kafka_config()
+    if not kafka:
+        print(
+            f"{'kafka_config':<22} = {{}}{'':<22} # none set  [{ENV_KAFKA_PREFIX}<KEY>]", file=out
+        )
+    for key, value in sorted(kafka.items()):
+        print(f"kafka.{key:<16} = {value:<24} # {settings.source_of('kafka.' + key)}", file=out)
+    return EXIT_OK
+
+
+def _cmd_check(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    bootstrap = _require_bootstrap(settings, "check")
+    if bootstrap is None:
+        return EXIT_USAGE
+    admin = admin_client(bootstrap, settings.kafka_config)
+    try:
+        metadata = admin.list_topics(timeout=args.timeout)
+    except Exception as exc:
+        print(f"unhealthy: broker {bootstrap} did not answer: {exc}", file=out)
+        return EXIT_FAILURE
+    present = {name: len(t.partitions) for name, t in metadata.topics.items() if t.error is None}
+    print(f"broker {bootstrap}: reachable ({len(metadata.brokers)} broker(s))", file=out)
+    healthy = True
+    for spec in core_topic_specs(settings):
+        actual = present.get(spec.name)
+        if actual is None:
+            healthy = False
+            print(f"  missing  {spec.name}", file=out)
+        elif spec.exact_partitions and actual != spec.partitions:
+            healthy = False
+            print(
+                f"  wrong    {spec.name}: {actual} partitions, expected {spec.partitions}",
+                file=out,
+            )
+        else:
+            print(f"  ok       {spec.name} ({actual} partitions)", file=out)
+    print("healthy" if healthy else "unhealthy (run 'atf-es topics' to create topics)", file=out)
+    return EXIT_OK if healthy else EXIT_FAILURE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``atf-es`` command line; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    out = sys.stdout
+    try:
+        settings = _settings_from(args)
+    except ConfigError as exc:
+        print("atf-es: the configuration is invalid:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    handler: Callable[[argparse.Namespace, Settings, TextIO], int] = args.handler
+    try:
+        return handler(args, settings, out)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"atf-es: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    except TopicMismatchError as exc:
+        for problem in exc.problems:
+            print(f"atf-es: {problem}", file=sys.stderr)
+        return EXIT_FAILURE
+    except BrokerError as exc:
+        print(f"atf-es: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,902 @@
+"""The per-partition projection of the task log: task rows, trigger indexes, counters.
+
+The partition processor is the single writer of one partition's store. It
+folds events into task snapshots and hands them to :meth:`TaskStore.commit`
+together with the offset of the events-log partition they came from; one
+commit is one atomic write, so the rows, the indexes, the counters and the
+offset never drift apart after a crash (the offset is eventsourcing's
+tracking record, not faust's separate write).
+
+What is stored:
+
+* ``tasks``: ``task_id`` → the snapshot, Avro single-object encoded
+  (:func:`~atf_es.events.codec.encode_task`). A snapshot replaces the stored
+  one only when its ``seq`` is higher, so replaying the log changes nothing.
+* ``ready``: tasks waiting to be enqueued (``new``, ``retriable_failure``),
+  keyed ``lambda \\0 priority next_trigger_at task_id`` so one range scan
+  finds the due tasks of a (lambda, priority) in trigger order.
+* ``timeouts``: tasks out on a queue or with a worker (``enqueued``,
+  ``claimed``, ``processing``), keyed ``next_trigger_at task_id``.
+* ``counters``: tasks per (lambda, collection, priority, status), and tasks
+  in the ready index per (lambda, priority); kept in memory as well, so flow
+  control never touches the disk.
+* ``meta``: the format version and the last applied events offset.
+
+Every live task with a ``next_trigger_at`` has exactly one entry, in the index
+its status selects; a terminal task has none (the lifecycle gives it no
+trigger, and the store would not index it if it had one). Integers in keys are
+8-byte big-endian with the sign bit flipped, so byte order is numeric order;
+strings are UTF-8, and those followed by another field end with ``\\0``, which
+is why ids and names must not contain it.
+
+:class:`MemoryTaskStore` behaves exactly like :class:`RocksTaskStore` and is
+what unit tests of the pure core use; one conformance suite runs against both.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import struct
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Protocol, Self, TypeAlias, TypeVar, cast
+
+from rocksdict import (
+    BlockBasedOptions,
+    Cache,
+    DBCompressionType,
+    Rdict,
+    ReadOptions,
+    WriteBatch,
+)
+from rocksdict import Options as RocksOptions
+
+from atf_es.events.codec import DecodeError, decode_task, encode_task
+from atf_es.events.status import TaskStatus
+from atf_es.events.task import Task
+
+__all__ = [
+    "FORMAT_VERSION",
+    "CounterKey",
+    "MemoryTaskStore",
+    "RocksTaskStore",
+    "StoreError",
+    "StoreLockedError",
+    "TaskStore",
+    "open_or_rebuild",
+]
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION: Final = 1
+"""Version of the on-disk layout; a store of another version is refused."""
+
+CounterKey: TypeAlias = tuple[str, str, int, str]
+"""(lambda_name, collection, priority, status value)."""
+
+_READY_STATUSES: Final = frozenset({TaskStatus.NEW, TaskStatus.RETRIABLE_FAILURE})
+_TIMEOUT_STATUSES: Final = frozenset(
+    {TaskStatus.ENQUEUED, TaskStatus.CLAIMED, TaskStatus.PROCESSING}
+)
+_ENQUEUED: Final = TaskStatus.ENQUEUED.value
+
+_I64_MIN: Final = -(2**63)
+_I64_MAX: Final = 2**63 - 1
+_BIAS: Final = 2**63
+_U64: Final = struct.Struct(">Q")
+
+_COLUMN_FAMILIES: Final = ("tasks", "ready", "timeouts", "counters", "meta")
+_META_FORMAT: Final = b"format_version"
+_META_OFFSET: Final = b"events_offset"
+_STATUS_COUNTER: Final = b"S"
+_WAITING_COUNTER: Final = b"W"
+_SCAN_CHUNK: Final = 1024
+
+_K = TypeVar("_K")
+
+
+class StoreError(Exception):
+    """The store cannot be opened or read: corrupt, foreign, or of another format."""
+
+
+class StoreLockedError(StoreError):
+    """Another process (or another handle in this one) has the store open.
+
+    :func:`open_or_rebuild` never sets such a store aside: it belongs to a
+    live owner.
+    """
+
+
+class TaskStore(Protocol):
+    """The projection one partition processor reads and writes."""
+
+    def get(self, task_id: str) -> Task | None:
+        """The stored snapshot of ``task_id``, or None."""
+        ...
+
+    def commit(self, tasks: Iterable[Task], events_offset: int | None) -> None:
+        """Apply snapshots and the events offset they came from, atomically.
+
+        A snapshot is applied only if its ``seq`` is higher than the stored
+        one; within one call the highest ``seq`` of a task wins. The offset
+        never goes backwards. Raises ValueError (writing nothing) for an id,
+        lambda or collection containing ``\\0`` or an out-of-range integer.
+        """
+        ...
+
+    def due_timeouts(self, now: int, limit: int) -> list[tuple[int, str]]:
+        """(next_trigger_at, task_id) of timeout entries due at ``now``, oldest first."""
+        ...
+
+    def due_ready(
+        self, lambda_name: str, priority: int, now: int, limit: int
+    ) -> list[tuple[int, str]]:
+        """(next_trigger_at, task_id) of ready entries of one queue due at ``now``."""
+        ...
+
+    def waiting(self) -> dict[tuple[str, int], int]:
+        """Tasks in the ready index per (lambda, priority), due or not."""
+        ...
+
+    def enqueued(self, lambda_name: str, priority: int) -> int:
+        """Enqueued tasks of (lambda, priority); O(1), from memory."""
+        ...
+
+    def next_trigger(self) -> int | None:
+        """The earliest ``next_trigger_at`` over both indexes."""
+        ...
+
+    def counts(self) -> dict[CounterKey, int]:
+        """Tasks per (lambda, collection, priority, status); no zero entries."""
+        ...
+
+    def last_offset(self) -> int:
+        """The last applied events offset, -1 when nothing was applied."""
+        ...
+
+    def tasks(self) -> Iterator[Task]:
+        """Every stored snapshot, in task_id byte order."""
+        ...
+
+    def close(self) -> None:
+        """Release the store; closing twice is fine."""
+        ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+# -- the rules both adapters share -------------------------------------------------
+
+
+def _check_text(what: str, value: str) -> None:
+    if "\x00" in value:
+        raise ValueError(f"{what} must not contain NUL characters: {value!r}")
+
+
+def _check_i64(what: str, value: int) -> None:
+    if not _I64_MIN <= value <= _I64_MAX:
+        raise ValueError(f"{what} out of the signed 64-bit range: {value}")
+
+
+def _latest_by_id(tasks: Iterable[Task]) -> dict[str, Task]:
+    """Validate ``tasks`` and keep the highest ``seq`` per task (the first on ties)."""
+    latest: dict[str, Task] = {}
+    for task in tasks:
+        _check_text("task_id", task.task_id)
+        _check_text("lambda_name", task.lambda_name)
+        _check_text("collection", task.collection)
+        _check_i64("priority", task.priority)
+        if task.next_trigger_at is not None:
+            _check_i64("next_trigger_at", task.next_trigger_at)
+        current = latest.get(task.task_id)
+        if current is None or task.seq > current.seq:
+            latest[task.task_id] = task
+    return latest
+
+
+def _is_ready(task: Task) -> bool:
+    return task.next_trigger_at is not None and task.status in _READY_STATUSES
+
+
+def _is_timeout(task: Task) -> bool:
+    return task.next_trigger_at is not None and task.status in _TIMEOUT_STATUSES
+
+
+def _counter_key(task: Task) -> CounterKey:
+    return (task.lambda_name, task.collection, task.priority, task.status.value)
+
+
+class _Delta:
+    """What one commit does to the counters, computed before anything is written."""
+
+    __slots__ = ("status", "waiting")
+
+    def __init__(self) -> None:
+        self.status: dict[CounterKey, int] = {}
+        self.waiting: dict[tuple[str, int], int] = {}
+
+    def move(self, old: Task | None, new: Task) -> None:
+        new_key = _counter_key(new)
+        old_key = None if old is None else _counter_key(old)
+        if old_key != new_key:
+            self.status[new_key] = self.status.get(new_key, 0) + 1
+            if old_key is not None:
+                self.status[old_key] = self.status.get(old_key, 0) - 1
+        if old is not None and _is_ready(old):
+            queue = (old.lambda_name, old.priority)
+            self.waiting[queue] = self.waiting.get(queue, 0) - 1
+        if _is_ready(new):
+            queue = (new.lambda_name, new.priority)
+            self.waiting[queue] = self.waiting.get(queue, 0) + 1
+
+
+def _apply_counts(counters: dict[_K, int], delta: dict[_K, int]) -> dict[_K, int]:
+    """The new values of the counters ``delta`` touches (0 means: remove)."""
+    return {key: counters.get(key, 0) + d for key, d in delta.items() if d}
+
+
+def _enqueued_by_queue(counts: dict[CounterKey, int]) -> dict[tuple[str, int], int]:
+    enqueued: dict[tuple[str, int], int] = {}
+    for (lambda_name, _, priority, status), n in counts.items():
+        if status == _ENQUEUED:
+            queue = (lambda_name, priority)
+            enqueued[queue] = enqueued.get(queue, 0) + n
+    return enqueued
+
+
+class _Counters:
+    """The in-memory counters of a store, changed only after a successful write."""
+
+    __slots__ = ("enqueued", "status", "waiting")
+
+    def __init__(self, status: dict[CounterKey, int], waiting: dict[tuple[str, int], int]) -> None:
+        self.status = status
+        self.waiting = waiting
+        self.enqueued = _enqueued_by_queue(status)
+
+    def update(self, status: dict[CounterKey, int], waiting: dict[tuple[str, int], int]) -> None:
+        for key, value in status.items():
+            old = self.status.get(key, 0)
+            if value:
+                self.status[key] = value
+            else:
+                self.status.pop(key, None)
+            if key[3] == _ENQUEUED:
+                queue = (key[0], key[2])
+                n = self.enqueued.get(queue, 0) + value - old
+                if n:
+                    self.enqueued[queue] = n
+                else:
+                    self.enqueued.pop(queue, None)
+        for queue, value in waiting.items():
+            if value:
+                self.waiting[queue] = value
+            else:
+                self.waiting.pop(queue, None)
+
+
+# -- in memory -----------------------------------------------------------------------
+
+
+class MemoryTaskStore:
+    """A :class:`TaskStore` in dicts and sorted lists, for unit tests of the core."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, Task] = {}
+        self._ready: dict[tuple[str, int], list[tuple[int, str]]] = {}
+        self._timeouts: list[tuple[int, str]] = []
+        self._counters = _Counters({}, {})
+        self._offset = -1
+        self._closed = False
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("the store is closed")
+
+    def get(self, task_id: str) -> Task | None:
+        self._check_open()
+        return self._tasks.get(task_id)
+
+    def commit(self, tasks: Iterable[Task], events_offset: int | None) -> None:
+        self._check_open()
+        latest = _latest_by_id(tasks)
+        delta = _Delta()
+        applied: list[tuple[Task | None, Task]] = []
+        for task_id, new in latest.items():
+            old = self._tasks.get(task_id)
+            if old is not None and new.seq <= old.seq:
+                continue
+            applied.append((old, new))
+            delta.move(old, new)
+        status = _apply_counts(self._counters.status, delta.status)
+        waiting = _apply_counts(self._counters.waiting, delta.waiting)
+        # Nothing above can fail half-way through what follows.
+        for old, new in applied:
+            if old is not None:
+                self._unindex(old)
+            self._index(new)
+            self._tasks[new.task_id] = new
+        self._counters.update(status, waiting)
+        if events_offset is not None and events_offset > self._offset:
+            self._offset = events_offset
+
+    def _index(self, task: Task) -> None:
+        if task.next_trigger_at is None:
+            return
+        entry = (task.next_trigger_at, task.task_id)
+        if task.status in _READY_STATUSES:
+            queue = self._ready.setdefault((task.lambda_name, task.priority), [])
+            bisect.insort(queue, entry)
+        elif task.status in _TIMEOUT_STATUSES:
+            bisect.insort(self._timeouts, entry)
+
+    def _unindex(self, task: Task) -> None:
+        if task.next_trigger_at is None:
+            return
+        entry = (task.next_trigger_at, task.task_id)
+        if task.status in _READY_STATUSES:
+            key = (task.lambda_name, task.priority)
+            queue = self._ready[key]
+            del queue[bisect.bisect_left(queue, entry)]
+            if not queue:
+                del self._ready[key]
+        elif task.status in _TIMEOUT_STATUSES:
+            del self._timeouts[bisect.bisect_left(self._timeouts, entry)]
+
+    def due_timeouts(self, now: int, limit: int) -> list[tuple[int, str]]:
+        self._check_open()
+        return _due(self._timeouts, now, limit)
+
+    def due_ready(
+        self, lambda_name: str, priority: int, now: int, limit: int
+    ) -> list[tuple[int, str]]:
+        self._check_open()
+        _check_text("lambda_name", lambda_name)
+        _check_i64("priority", priority)
+        return _due(self._ready.get((lambda_name, priority), []), now, limit)
+
+    def waiting(self) -> dict[tuple[str, int], int]:
+        self._check_open()
+        return dict(self._counters.waiting)
+
+    def enqueued(self, lambda_name: str, priority: int) -> int:
+        return self._counters.enqueued.get((lambda_name, priority), 0)
+
+    def next_trigger(self) -> int | None:
+        self._check_open()
+        firsts = [queue[0][0] for queue in self._ready.values()]
+        if self._timeouts:
+            firsts.append(self._timeouts[0][0])
+        return min(firsts, default=None)
+
+    def counts(self) -> dict[CounterKey, int]:
+        self._check_open()
+        return dict(self._counters.status)
+
+    def last_offset(self) -> int:
+        self._check_open()
+        return self._offset
+
+    def tasks(self) -> Iterator[Task]:
+        self._check_open()
+        # Code-point order is the byte order of UTF-8, so this matches RocksDB.
+        for task_id in sorted(self._tasks):
+            yield self._tasks[task_id]
+
+
+def _due(entries: list[tuple[int, str]], now: int, limit: int) -> list[tuple[int, str]]:
+    if limit <= 0:
+        return []
+    # Ids sort by code point here and by UTF-8 byte in RocksDB: the same order.
+    end = bisect.bisect_right(entries, now, key=lambda entry: entry[0])
+    return entries[: min(end, limit)]
+
+
+# -- RocksDB --------------------------------------------------------------------------
+
+
+def _i64(value: int) -> bytes:
+    return _U64.pack(value + _BIAS)
+
+
+def _from_i64(data: bytes) -> int:
+    value: int = _U64.unpack(data)[0]
+    return value - _BIAS
+
+
+def _ready_prefix(lambda_name: str, priority: int) -> bytes:
+    return lambda_name.encode() + b"\x00" + _i64(priority)
+
+
+def _ready_key(task: Task) -> bytes:
+    assert task.next_trigger_at is not None
+    return (
+        _ready_prefix(task.lambda_name, task.priority)
+        + _i64(task.next_trigger_at)
+        + task.task_id.encode()
+    )
+
+
+def _timeout_key(task: Task) -> bytes:
+    assert task.next_trigger_at is not None
+    return _i64(task.next_trigger_at) + task.task_id.encode()
+
+
+def _status_counter_key(key: CounterKey) -> bytes:
+    lambda_name, collection, priority, status = key
+    return (
+        _STATUS_COUNTER
+        + lambda_name.encode()
+        + b"\x00"
+        + collection.encode()
+        + b"\x00"
+        + _i64(priority)
+        + status.encode()
+    )
+
+
+def _parse_status_counter_key(key: bytes) -> CounterKey:
+    lambda_end = key.index(b"\x00", 1)
+    collection_end = key.index(b"\x00", lambda_end + 1)
+    priority_end = collection_end + 9
+    return (
+        key[1:lambda_end].decode(),
+        key[lambda_end + 1 : collection_end].decode(),
+        _from_i64(key[collection_end + 1 : priority_end]),
+        key[priority_end:].decode(),
+    )
+
+
+def _waiting_counter_key(queue: tuple[str, int]) -> bytes:
+    return _WAITING_COUNTER + _ready_prefix(*queue)
+
+
+def _parse_waiting_counter_key(key: bytes) -> tuple[str, int]:
+    lambda_end = key.index(b"\x00", 1)
+    return key[1:lambda_end].decode(), _from_i64(key[lambda_end + 1 : lambda_end + 9])
+
+
+def _db_options() -> RocksOptions:
+    options = RocksOptions(raw_mode=True)
+    options.create_if_missing(True)
+    options.create_missing_column_families(True)
+    options.increase_parallelism(max(2, min(os.cpu_count() or 2, 8)))
+    options.set_max_background_jobs(4)
+    options.set_keep_log_file_num(4)
+    # Small column families (meta, counters) would otherwise pin old WAL files.
+    options.set_max_total_wal_size(256 << 20)
+    return options
+
+
+def _cf_options(cache: Cache, *, point_lookups: bool, queue_like: bool) -> RocksOptions:
+    options = RocksOptions(raw_mode=True)
+    table = BlockBasedOptions()
+    table.set_block_cache(cache)
+    if point_lookups:
+        table.set_bloom_filter(10, False)
+    options.set_block_based_table_factory(table)
+    options.set_compression_type(DBCompressionType.lz4())
+    if queue_like:
+        # Index entries are deleted as tasks move on, leaving tombstones right
+        # where the due scans start; compact files that fill up with them.
+        options.add_compact_on_deletion_collector_factory(1024, 512, 0.5)
+    return options
+
+
+def _is_lock_error(message: str) -> bool:
+    return "/LOCK" in message or "lock hold" in message.lower()
+
+
+class RocksTaskStore:
+    """A :class:`TaskStore` in RocksDB (rocksdict, raw mode); open with :meth:`open`."""
+
+    def __init__(self, db: Rdict, path: Path, cache_size: int) -> None:
+        # Use open(): this only wires an already opened database.
+        self._db: Rdict | None = db
+        self._path = path
+        self._cf = {name: db.get_column_family(name) for name in _COLUMN_FAMILIES}
+        self._handle = {name: db.get_column_family_handle(name) for name in _COLUMN_FAMILIES}
+        self._cache: OrderedDict[str, Task] = OrderedDict()
+        self._cache_size = cache_size
+        self._offset = -1
+        self._counters = _Counters({}, {})
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, cache_size: int = 16384) -> RocksTaskStore:
+        """Open the store at ``path``, creating it (and its parents) if missing.
+
+        ``cache_size`` bounds the decoded snapshots kept in memory for the tasks
+        touched last (a commit reads the stored snapshot of every task it
+        changes). Raises :class:`StoreLockedError` if the store is open
+        elsewhere, :class:`StoreError` if it is unreadable, foreign or of
+        another format version.
+        """
+        where = Path(path)
+        if where.exists() and not where.is_dir():
+            raise StoreError(f"task store {where}: exists and is not a directory")
+        if where.is_dir() and any(where.iterdir()) and not (where / "CURRENT").exists():
+            raise StoreError(f"task store {where}: not a RocksDB directory (no CURRENT file)")
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"task store {where}: cannot create it: {exc}") from exc
+        block_cache = Cache(64 << 20)
+        column_families = {
+            name: _cf_options(
+                block_cache,
+                point_lookups=name == "tasks",
+                queue_like=name in ("ready", "timeouts"),
+            )
+            for name in _COLUMN_FAMILIES
+        }
+        try:
+            db = Rdict(str(where), _db_options(), column_families=column_families)
+        except Exception as exc:
+            message = str(exc)
+            if _is_lock_error(message):
+                raise StoreLockedError(
+                    f"task store {where} is already open (in this or another process): {message}"
+                ) from exc
+            raise StoreError(f"task store {where}: cannot open: {message}") from exc
+        store = cls(db, where, cache_size)
+        try:
+            store._load()
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def _load(self) -> None:
+        meta = self._cf["meta"]
+        try:
+            version = meta.get(_META_FORMAT)
+            if version is None:
+                if any(self._first_key(name) is not None for name in _COLUMN_FAMILIES):
+                    raise StoreError(
+                        f"task store {self._path}: has data but no format version; "
+                        "not an atf-es task store"
+                    )
+                meta[_META_FORMAT] = str(FORMAT_VERSION).encode()
+                return
+            if version != str(FORMAT_VERSION).encode():
+                raise StoreError(
+                    f"task store {self._path}: format version {version!r}, "
+                    f"this build reads version {FORMAT_VERSION}"
+                )
+            offset = meta.get(_META_OFFSET)
+            self._offset = -1 if offset is None else _from_i64(offset)
+            status: dict[CounterKey, int] = {}
+            waiting: dict[tuple[str, int], int] = {}
+            for key, value in self._scan("counters", b"", None, None):
+                n = _from_i64(value)
+                if key[:1] == _STATUS_COUNTER:
+                    status[_parse_status_counter_key(key)] = n
+                elif key[:1] == _WAITING_COUNTER:
+                    waiting[_parse_waiting_counter_key(key)] = n
+                else:
+                    raise StoreError(f"task store {self._path}: unknown counter {key!r}")
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"task store {self._path}: unreadable: {exc}") from exc
+        self._counters = _Counters(status, waiting)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def close(self) -> None:
+        db, self._db = self._db, None
+        if db is None:
+            return
+        # Column-family handles keep the database (and its LOCK) alive.
+        for cf in self._cf.values():
+            cf.close()
+        self._cf.clear()
+        self._handle.clear()
+        self._cache.clear()
+        db.close()
+
+    def _live(self) -> Rdict:
+        if self._db is None:
+            raise StoreError(f"task store {self._path} is closed")
+        return self._db
+
+    # -- reads
+
+    def _first_key(self, cf_name: str) -> bytes | None:
+        for key, _ in self._scan(cf_name, b"", None, 1):
+            return key
+        return None
+
+    def _scan(
+        self, cf_name: str, lower: bytes, upper: bytes | None, limit: int | None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Entries with ``lower <= key < upper``, read in chunks.
+
+        No RocksDB iterator outlives a chunk, so an abandoned scan never keeps
+        the database open after :meth:`close`.
+        """
+        remaining = limit
+        start = lower
+        skip_start = False
+        while remaining is None or remaining > 0:
+            chunk = _SCAN_CHUNK if remaining is None else min(remaining, _SCAN_CHUNK)
+            entries = self._read_chunk(cf_name, start, upper, chunk + int(skip_start))
+            if skip_start:
+                entries = entries[1:] if entries and entries[0][0] == start else entries[:chunk]
+            yield from entries
+            if len(entries) < chunk:
+                return
+            if remaining is not None:
+                remaining -= len(entries)
+            start = entries[-1][0]
+            skip_start = True
+
+    def _read_chunk(
+        self, cf_name: str, start: bytes, upper: bytes | None, count: int
+    ) -> list[tuple[bytes, bytes]]:
+        self._live()
+        read_options = ReadOptions()
+        if upper is not None:
+            read_options.set_iterate_upper_bound(upper)
+        it = self._cf[cf_name].iter(read_options)
+        try:
+            it.seek(start)
+            entries: list[tuple[bytes, bytes]] = []
+            while len(entries) < count and it.valid():
+                entries.append((it.key(), it.value()))
+                it.next()
+            return entries
+        finally:
+            del it
+
+    def _decode(self, task_id: str, data: bytes) -> Task:
+        try:
+            return decode_task(data)
+        except DecodeError as exc:
+            raise StoreError(f"task store {self._path}: row {task_id!r}: {exc}") from exc
+
+    def _remember(self, task: Task) -> None:
+        cache = self._cache
+        cache[task.task_id] = task
+        cache.move_to_end(task.task_id)
+        if len(cache) > self._cache_size:
+            cache.popitem(last=False)
+
+    def get(self, task_id: str) -> Task | None:
+        self._live()
+        task = self._cache.get(task_id)
+        if task is not None:
+            return task
+        data = self._cf["tasks"].get(task_id.encode())
+        if data is None:
+            return None
+        task = self._decode(task_id, data)
+        self._remember(task)
+        return task
+
+    def _get_many(self, task_ids: list[str]) -> dict[str, Task]:
+        found: dict[str, Task] = {}
+        missing: list[str] = []
+        for task_id in task_ids:
+            task = self._cache.get(task_id)
+            if task is None:
+                missing.append(task_id)
+            else:
+                found[task_id] = task
+        if missing:
+            keys: list[str | int | float | bytes | bool] = [t.encode() for t in missing]
+            rows = cast("list[bytes | None]", self._cf["tasks"][keys])
+            for task_id, data in zip(missing, rows, strict=True):
+                if data is not None:
+                    found[task_id] = self._decode(task_id, data)
+        return found
+
+    # -- the write
+
+    def commit(self, tasks: Iterable[Task], events_offset: int | None) -> None:
+        db = self._live()
+        latest = _latest_by_id(tasks)
+        advance = events_offset is not None and events_offset > self._offset
+        if not latest and not advance:
+            return
+        stored = self._get_many(list(latest))
+        tasks_cf = self._handle["tasks"]
+        ready_cf = self._handle["ready"]
+        timeouts_cf = self._handle["timeouts"]
+        batch = WriteBatch(raw_mode=True)
+        delta = _Delta()
+        applied: list[Task] = []
+        for task_id, new in latest.items():
+            old = stored.get(task_id)
+            if old is not None:
+                if new.seq <= old.seq:
+                    continue
+                if _is_ready(old):
+                    batch.delete(_ready_key(old), ready_cf)
+                elif _is_timeout(old):
+                    batch.delete(_timeout_key(old), timeouts_cf)
+            batch.put(task_id.encode(), encode_task(new), tasks_cf)
+            # A delete followed by a put of the same key in one batch is a put.
+            if _is_ready(new):
+                batch.put(_ready_key(new), b"", ready_cf)
+            elif _is_timeout(new):
+                batch.put(_timeout_key(new), b"", timeouts_cf)
+            delta.move(old, new)
+            applied.append(new)
+        status = _apply_counts(self._counters.status, delta.status)
+        waiting = _apply_counts(self._counters.waiting, delta.waiting)
+        counters_cf = self._handle["counters"]
+        for key, value in status.items():
+            if value:
+                batch.put(_status_counter_key(key), _i64(value), counters_cf)
+            else:
+                batch.delete(_status_counter_key(key), counters_cf)
+        for queue, value in waiting.items():
+            if value:
+                batch.put(_waiting_counter_key(queue), _i64(value), counters_cf)
+            else:
+                batch.delete(_waiting_counter_key(queue), counters_cf)
+        if advance:
+            assert events_offset is not None
+            batch.put(_META_OFFSET, _i64(events_offset), self._handle["meta"])
+        if batch.is_empty():
+            return
+        try:
+            db.write(batch)
+        except Exception as exc:
+            raise StoreError(f"task store {self._path}: write failed: {exc}") from exc
+        for task in applied:
+            self._remember(task)
+        self._counters.update(status, waiting)
+        if advance:
+            assert events_offset is not None
+            self._offset = events_offset
+
+    # -- the indexes
+
+    def due_timeouts(self, now: int, limit: int) -> list[tuple[int, str]]:
+        self._live()
+        if limit <= 0 or now < _I64_MIN:
+            return []
+        upper = None if now >= _I64_MAX else _i64(now + 1)
+        return [
+            (_from_i64(key[:8]), key[8:].decode())
+            for key, _ in self._scan("timeouts", b"", upper, limit)
+        ]
+
+    def due_ready(
+        self, lambda_name: str, priority: int, now: int, limit: int
+    ) -> list[tuple[int, str]]:
+        self._live()
+        _check_text("lambda_name", lambda_name)
+        _check_i64("priority", priority)
+        if limit <= 0 or now < _I64_MIN:
+            return []
+        prefix = _ready_prefix(lambda_name, priority)
+        upper = prefix + _i64(now + 1) if now < _I64_MAX else _prefix_end(prefix)
+        start = len(prefix)
+        return [
+            (_from_i64(key[start : start + 8]), key[start + 8 :].decode())
+            for key, _ in self._scan("ready", prefix, upper, limit)
+        ]
+
+    def waiting(self) -> dict[tuple[str, int], int]:
+        self._live()
+        return dict(self._counters.waiting)
+
+    def enqueued(self, lambda_name: str, priority: int) -> int:
+        return self._counters.enqueued.get((lambda_name, priority), 0)
+
+    def next_trigger(self) -> int | None:
+        self._live()
+        firsts: list[int] = []
+        first = self._first_key("timeouts")
+        if first is not None:
+            firsts.append(_from_i64(first[:8]))
+        # One seek per (lambda, priority) queue: there are few of them.
+        for queue in self._counters.waiting:
+            prefix = _ready_prefix(*queue)
+            for key, _ in self._scan("ready", prefix, _prefix_end(prefix), 1):
+                firsts.append(_from_i64(key[len(prefix) : len(prefix) + 8]))
+        return min(firsts, default=None)
+
+    def counts(self) -> dict[CounterKey, int]:
+        self._live()
+        return dict(self._counters.status)
+
+    def last_offset(self) -> int:
+        self._live()
+        return self._offset
+
+    def tasks(self) -> Iterator[Task]:
+        self._live()
+        for key, data in self._scan("tasks", b"", None, None):
+            yield self._decode(key.decode(), data)
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    """The smallest key greater than every key starting with ``prefix``."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        raise ValueError("a prefix of only 0xff bytes has no end")
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+# -- recovery --------------------------------------------------------------------------
+
+
+def _aside_path(path: Path) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    candidate = path.with_name(f"{path.name}.broken-{stamp}")
+    n = 1
+    while candidate.exists():
+        candidate = path.with_name(f"{path.name}.broken-{stamp}-{n}")
+        n += 1
+    return candidate
+
+
+def open_or_rebuild(
+    path: str | os.PathLike[str], *, cache_size: int = 16384
+) -> tuple[RocksTaskStore, bool]:
+    """Open the store at ``path``; if it is unreadable, set it aside and start empty.
+
+    The broken directory is renamed to ``<path>.broken-<UTC timestamp>``, never
+    deleted, and a fresh store is opened; ``rebuilt`` is then True and the
+    caller restores the projection from the events log (a fresh store's
+    :meth:`~RocksTaskStore.last_offset` is -1). A store held open by someone
+    else is not broken: :class:`StoreLockedError` propagates.
+    """
+    where = Path(path)
+    try:
+        return RocksTaskStore.open(where, cache_size=cache_size), False
+    except StoreLockedError:
+        raise
+    except StoreError as exc:
+        aside = _aside_path(where)
+        log.warning("task store %s is unusable (%s); moving it to %s", where, exc, aside)
+        try:
+            where.rename(aside)
+        except OSError as move_exc:
+            raise StoreError(
+                f"task store {where} is unusable ({exc}) and cannot be moved aside: {move_exc}"
+            ) from move_exc
+    return RocksTaskStore.open(where, cache_size=cache_size), True

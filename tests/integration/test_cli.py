@@ -1,0 +1,154 @@
+"""The ``atf-es`` command as a user runs it: a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from atf_es.config import Settings
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _command() -> list[str]:
+    # The console script installed next to this interpreter, as a user runs it.
+    script = Path(sys.executable).parent / "atf-es"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "atf_es"]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATF_")}
+    env.update(extra)
+    return env
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*_command(), *args],
+        env=env if env is not None else _env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_dev_once_on_the_embedded_broker(tmp_path: Path) -> None:
+    result = _run("dev", "--once", "--data-dir", str(tmp_path), "--partitions", "4")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "broker: embedded Tansu (in memory) at 127.0.0.1:" in out
+    assert "topics: 6 created, 0 already existed" in out
+    assert "created  atf.commands" in out
+    assert "atf.task-events                    4 partitions  cleanup.policy=compact" in out
+    assert "broker: stopped" in out
+    assert list((tmp_path / "broker").glob("tansu-*.log"))
+
+
+def test_dev_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    log = tmp_path / "out.txt"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [*_command(), "dev", "--data-dir", str(tmp_path)],
+            env=_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: "press Ctrl-C" in log.read_text(), 30, "atf-es dev to be running")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    text = log.read_text()
+    assert "SIGTERM received: stopping" in text
+    assert "broker: stopped" in text
+
+
+def test_config_with_bad_env_var_exits_2() -> None:
+    result = _run("config", env=_env(ATF_PARTITIONS="many"))
+    assert result.returncode == 2
+    assert (
+        "partitions must be an integer, got 'many' (from environment variable ATF_PARTITIONS)."
+        in result.stderr
+    )
+    assert result.stdout == ""
+
+
+def test_config_shows_values_and_sources(tmp_path: Path) -> None:
+    config = tmp_path / "atf.toml"
+    config.write_text('topic_prefix = "fromfile"\n')
+    result = _run(
+        "--config", str(config), "config", "--partitions", "3", env=_env(ATF_POLL_INTERVAL_MS="7")
+    )
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert "fromfile" in lines["topic_prefix"]
+    assert f"config file {config}" in lines["topic_prefix"]
+    assert "command line" in lines["partitions"]
+    assert "environment variable ATF_POLL_INTERVAL_MS" in lines["poll_interval_ms"]
+
+
+def test_topics_and_check_against_a_broker(settings: Settings) -> None:
+    assert settings.kafka_bootstrap is not None
+    env = _env(ATF_KAFKA_BOOTSTRAP=settings.kafka_bootstrap)
+    prefix = ["--topic-prefix", settings.topic_prefix]
+
+    before = _run("check", *prefix, env=env)
+    assert before.returncode == 1, before.stdout + before.stderr
+    assert f"missing  {settings.topic_prefix}.commands" in before.stdout
+
+    created = _run("topics", *prefix, env=env)
+    assert created.returncode == 0, created.stderr
+    assert "6 created, 0 already existed" in created.stdout
+
+    again = _run("topics", *prefix, env=env)
+    assert "0 created, 6 already existed" in again.stdout
+
+    after = _run("check", *prefix, env=env)
+    assert after.returncode == 0, after.stdout + after.stderr
+    assert after.stdout.rstrip().endswith("healthy")
+
+
+def test_topics_and_check_need_a_broker() -> None:
+    for command in ("topics", "check"):
+        result = _run(command)
+        assert result.returncode == 2
+        assert "no broker configured; pass --bootstrap" in result.stderr
+    dry = _run("topics", "--dry-run")
+    assert dry.returncode == 0
+    assert "planned  atf.commands" in dry.stdout
+
+
+def test_check_reports_an_unreachable_broker() -> None:
+    result = _run("check", "--bootstrap", "127.0.0.1:1", "--timeout", "1")
+    assert result.returncode == 1
+    assert "unhealthy: broker 127.0.0.1:1 did not answer" in result.stdout
+
+
+def test_help_for_every_command() -> None:
+    for command in ("dev", "topics", "config", "check"):
+        result = _run(command, "--help")
+        assert result.returncode == 0
+        assert "ATF_KAFKA_BOOTSTRAP" in result.stdout
+
+
+def test_python_dash_m_is_the_same_command() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "atf_es", "topics", "--dry-run", "--topic-prefix", "m"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "planned  m.commands" in result.stdout

@@ -1,0 +1,618 @@
+"""One conformance suite for every TaskStore adapter, plus what only RocksDB has."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from atf_es.events import Task, TaskStatus
+from atf_es.projections import (
+    MemoryTaskStore,
+    RocksTaskStore,
+    StoreError,
+    StoreLockedError,
+    TaskStore,
+    open_or_rebuild,
+)
+from atf_es.projections import store as store_module
+
+S = TaskStatus
+READY = {S.NEW, S.RETRIABLE_FAILURE}
+TIMEOUTS = {S.ENQUEUED, S.CLAIMED, S.PROCESSING}
+
+
+def task(
+    task_id: str = "t1",
+    status: TaskStatus = S.NEW,
+    seq: int = 1,
+    trigger: int | None = 100,
+    *,
+    lambda_name: str = "send_email",
+    collection: str = "marketing",
+    priority: int = 0,
+    payload: bytes = b"{}",
+) -> Task:
+    return Task(
+        task_id=task_id,
+        lambda_name=lambda_name,
+        collection=collection,
+        priority=priority,
+        payload=payload,
+        status=status,
+        seq=seq,
+        created_at=10,
+        scheduled_at=100,
+        next_trigger_at=trigger,
+        lease=seq,
+    )
+
+
+@pytest.fixture(params=["memory", "rocks"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TaskStore]:
+    s: TaskStore
+    s = MemoryTaskStore() if request.param == "memory" else RocksTaskStore.open(tmp_path / "db")
+    with s:
+        yield s
+
+
+# -- rows ------------------------------------------------------------------------------
+
+
+def test_get_commit_round_trip(store: TaskStore) -> None:
+    t = replace(
+        task(status=S.PROCESSING, trigger=500, payload=b"\x00\xff"),
+        worker="w1",
+        heartbeat_at=400,
+        result=None,
+        last_error="boom",
+    )
+    assert store.get("t1") is None
+    store.commit([t], 0)
+    assert store.get("t1") == t
+    assert store.get("t2") is None
+    assert list(store.tasks()) == [t]
+
+
+def test_recommitting_the_same_snapshot_changes_nothing(store: TaskStore) -> None:
+    t = task(status=S.ENQUEUED, trigger=200)
+    store.commit([t], 5)
+    before = (store.counts(), store.waiting(), store.due_timeouts(10**6, 10), store.last_offset())
+    store.commit([t], 5)
+    store.commit([t, t], None)
+    after = (store.counts(), store.waiting(), store.due_timeouts(10**6, 10), store.last_offset())
+    assert after == before
+    assert store.get("t1") == t
+    assert store.enqueued("send_email", 0) == 1
+
+
+def test_an_older_snapshot_is_ignored(store: TaskStore) -> None:
+    newer = task(status=S.CLAIMED, seq=3, trigger=300)
+    store.commit([newer], 1)
+    store.commit([task(status=S.NEW, seq=2, trigger=100)], 2)
+    assert store.get("t1") == newer
+    assert store.due_ready("send_email", 0, 10**6, 10) == []
+    assert store.due_timeouts(10**6, 10) == [(300, "t1")]
+    assert store.counts() == {("send_email", "marketing", 0, "claimed"): 1}
+    assert store.last_offset() == 2
+
+
+@pytest.mark.parametrize("order", ["ascending", "descending", "shuffled"])
+def test_the_highest_seq_in_one_commit_wins(store: TaskStore, order: str) -> None:
+    snapshots = [
+        task(status=S.NEW, seq=1, trigger=100),
+        task(status=S.ENQUEUED, seq=2, trigger=200),
+        task(status=S.CLAIMED, seq=3, trigger=300),
+    ]
+    batch = {
+        "ascending": snapshots,
+        "descending": snapshots[::-1],
+        "shuffled": [snapshots[1], snapshots[2], snapshots[0]],
+    }[order]
+    store.commit(batch, 7)
+    assert store.get("t1") == snapshots[2]
+    assert store.due_timeouts(10**6, 10) == [(300, "t1")]
+    assert store.waiting() == {}
+    assert store.counts() == {("send_email", "marketing", 0, "claimed"): 1}
+
+
+def test_equal_seqs_in_one_commit_keep_the_first(store: TaskStore) -> None:
+    first = task(status=S.NEW, seq=2, trigger=100)
+    second = task(status=S.NEW, seq=2, trigger=999)
+    store.commit([first, second], None)
+    assert store.get("t1") == first
+
+
+def test_nul_characters_are_refused_and_nothing_is_written(store: TaskStore) -> None:
+    good = task("ok")
+    for bad in (
+        task("a\x00b"),
+        task(lambda_name="l\x00"),
+        task(collection="\x00c"),
+    ):
+        with pytest.raises(ValueError, match="NUL"):
+            store.commit([good, bad], 3)
+    assert store.get("ok") is None
+    assert store.last_offset() == -1
+    assert store.counts() == {}
+    with pytest.raises(ValueError, match="64-bit"):
+        store.commit([task(priority=2**63)], None)
+
+
+def test_tasks_lists_every_row_in_id_byte_order(store: TaskStore) -> None:
+    ids = ["b", "a", "é", "Z", "a1", "\U0001f600", "ab"]
+    store.commit([task(i) for i in ids], None)
+    listed = [t.task_id for t in store.tasks()]
+    assert listed == sorted(ids, key=str.encode)
+
+
+# -- the indexes -----------------------------------------------------------------------
+
+
+def test_the_index_entry_follows_the_status(store: TaskStore) -> None:
+    def where() -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+        return store.due_ready("send_email", 0, 10**9, 100), store.due_timeouts(10**9, 100)
+
+    steps: list[tuple[TaskStatus, int | None, str | None]] = [
+        (S.NEW, 100, "ready"),
+        (S.ENQUEUED, 200, "timeouts"),
+        (S.CLAIMED, 300, "timeouts"),
+        (S.PROCESSING, 400, "timeouts"),
+        (S.PROCESSING, 450, "timeouts"),
+        (S.RETRIABLE_FAILURE, 500, "ready"),
+        (S.ENQUEUED, 600, "timeouts"),
+        (S.SUCCESS, None, None),
+    ]
+    for seq, (status, trigger, index) in enumerate(steps, start=1):
+        store.commit([task(status=status, seq=seq, trigger=trigger)], seq)
+        ready, timeouts = where()
+        expected = [(trigger, "t1")] if trigger is not None else []
+        assert ready == (expected if index == "ready" else [])
+        assert timeouts == (expected if index == "timeouts" else [])
+        assert store.next_trigger() == trigger
+
+
+@pytest.mark.parametrize("status", [s for s in S if s.terminal])
+def test_terminal_tasks_leave_the_index(store: TaskStore, status: TaskStatus) -> None:
+    store.commit([task("a", S.NEW, 1, 100), task("b", S.PROCESSING, 1, 100)], None)
+    store.commit([task("a", status, 2, None), task("b", status, 2, None)], None)
+    assert store.due_ready("send_email", 0, 10**9, 10) == []
+    assert store.due_timeouts(10**9, 10) == []
+    assert store.waiting() == {}
+    assert store.next_trigger() is None
+
+
+def test_a_terminal_snapshot_carrying_a_trigger_is_not_indexed(store: TaskStore) -> None:
+    store.commit([task("a", S.SUCCESS, 1, 100)], None)
+    assert store.due_ready("send_email", 0, 10**9, 10) == []
+    assert store.due_timeouts(10**9, 10) == []
+    assert store.next_trigger() is None
+
+
+def test_due_timeouts_order_bounds_and_limit(store: TaskStore) -> None:
+    store.commit(
+        [
+            task("c", S.ENQUEUED, 1, 200),
+            task("a", S.CLAIMED, 1, 200),
+            task("z", S.PROCESSING, 1, 50),
+            task("late", S.ENQUEUED, 1, 201),
+            task("ready", S.NEW, 1, 10),
+            task("negative", S.ENQUEUED, 1, -5),
+        ],
+        None,
+    )
+    assert store.due_timeouts(200, 10) == [(-5, "negative"), (50, "z"), (200, "a"), (200, "c")]
+    assert store.due_timeouts(199, 10) == [(-5, "negative"), (50, "z")]
+    assert store.due_timeouts(200, 3) == [(-5, "negative"), (50, "z"), (200, "a")]
+    assert store.due_timeouts(200, 0) == []
+    assert store.due_timeouts(-6, 10) == []
+    assert store.due_timeouts(-(2**64), 10) == []
+    assert store.due_timeouts(2**63 - 1, 10)[-1] == (201, "late")
+
+
+def test_due_ready_is_per_queue_ordered_and_bounded(store: TaskStore) -> None:
+    store.commit(
+        [
+            task("a2", S.NEW, 1, 20, lambda_name="a"),
+            task("a1", S.RETRIABLE_FAILURE, 1, 10, lambda_name="a"),
+            task("a3", S.NEW, 1, 30, lambda_name="a"),
+            task("ab", S.NEW, 1, 5, lambda_name="ab"),
+            task("a-hi", S.NEW, 1, 1, lambda_name="a", priority=1),
+            task("a-neg", S.NEW, 1, 1, lambda_name="a", priority=-1),
+            task("a-enq", S.ENQUEUED, 1, 1, lambda_name="a"),
+        ],
+        None,
+    )
+    assert store.due_ready("a", 0, 20, 10) == [(10, "a1"), (20, "a2")]
+    assert store.due_ready("a", 0, 100, 2) == [(10, "a1"), (20, "a2")]
+    assert store.due_ready("a", 0, 9, 10) == []
+    assert store.due_ready("a", 0, 100, 0) == []
+    assert store.due_ready("a", 0, 2**63 - 1, 10) == [(10, "a1"), (20, "a2"), (30, "a3")]
+    assert store.due_ready("ab", 0, 100, 10) == [(5, "ab")]
+    assert store.due_ready("a", 1, 100, 10) == [(1, "a-hi")]
+    assert store.due_ready("a", -1, 100, 10) == [(1, "a-neg")]
+    assert store.due_ready("nobody", 0, 100, 10) == []
+    assert store.due_ready("a", 0, -(2**64), 10) == []
+    with pytest.raises(ValueError, match="NUL"):
+        store.due_ready("a\x00", 0, 100, 10)
+    with pytest.raises(ValueError, match="64-bit"):
+        store.due_ready("a", 2**63, 100, 10)
+    assert store.waiting() == {("a", 0): 3, ("ab", 0): 1, ("a", 1): 1, ("a", -1): 1}
+    assert store.next_trigger() == 1
+
+
+def test_counters_through_a_sequence_of_transitions(store: TaskStore) -> None:
+    key = ("send_email", "marketing", 0)
+    store.commit([task(f"t{i}", S.NEW, 1, 100 + i) for i in range(5)], 0)
+    assert store.counts() == {(*key, "new"): 5}
+    assert store.waiting() == {("send_email", 0): 5}
+    assert store.enqueued("send_email", 0) == 0
+
+    store.commit([task(f"t{i}", S.ENQUEUED, 2, 1000) for i in range(3)], 1)
+    assert store.counts() == {(*key, "new"): 2, (*key, "enqueued"): 3}
+    assert store.waiting() == {("send_email", 0): 2}
+    assert store.enqueued("send_email", 0) == 3
+
+    store.commit(
+        [
+            task("t0", S.CLAIMED, 3, 2000),
+            task("t1", S.PROCESSING, 3, 3000),
+            task("t3", S.CANCELLED, 2, None),
+            task("other", S.ENQUEUED, 1, 5, collection="password_reset", priority=2),
+        ],
+        2,
+    )
+    assert store.counts() == {
+        (*key, "new"): 1,
+        (*key, "enqueued"): 1,
+        (*key, "claimed"): 1,
+        (*key, "processing"): 1,
+        (*key, "cancelled"): 1,
+        ("send_email", "password_reset", 2, "enqueued"): 1,
+    }
+    assert store.waiting() == {("send_email", 0): 1}
+    assert store.enqueued("send_email", 0) == 1
+    assert store.enqueued("send_email", 2) == 1
+    assert store.enqueued("other_lambda", 0) == 0
+
+    store.commit(
+        [
+            task("t0", S.SUCCESS, 4, None),
+            task("t1", S.RETRIABLE_FAILURE, 4, 5000),
+            task("t2", S.DEAD_LETTERED, 3, None),
+            task("t4", S.DROPPED, 2, None),
+            task("other", S.CLAIMED, 2, 9, collection="password_reset", priority=2),
+        ],
+        3,
+    )
+    assert store.counts() == {
+        (*key, "success"): 1,
+        (*key, "retriable_failure"): 1,
+        (*key, "dead_lettered"): 1,
+        (*key, "cancelled"): 1,
+        (*key, "dropped"): 1,
+        ("send_email", "password_reset", 2, "claimed"): 1,
+    }
+    assert store.waiting() == {("send_email", 0): 1}
+    assert store.enqueued("send_email", 0) == 0
+    assert store.enqueued("send_email", 2) == 0
+
+
+def test_a_task_moving_between_queues_moves_its_counters(store: TaskStore) -> None:
+    store.commit([task("t", S.NEW, 1, 10, lambda_name="a", priority=0)], None)
+    store.commit([task("t", S.NEW, 2, 20, lambda_name="b", priority=3)], None)
+    assert store.waiting() == {("b", 3): 1}
+    assert store.due_ready("a", 0, 100, 10) == []
+    assert store.due_ready("b", 3, 100, 10) == [(20, "t")]
+    assert store.counts() == {("b", "marketing", 3, "new"): 1}
+
+
+def test_last_offset_never_goes_backwards(store: TaskStore) -> None:
+    assert store.last_offset() == -1
+    store.commit([], 4)
+    assert store.last_offset() == 4
+    store.commit([task()], 2)
+    assert store.last_offset() == 4
+    assert store.get("t1") is not None
+    store.commit([], None)
+    assert store.last_offset() == 4
+    store.commit([task(seq=2)], 9)
+    assert store.last_offset() == 9
+
+
+def test_close_twice_and_use_after_close(store: TaskStore) -> None:
+    store.commit([task()], 0)
+    store.close()
+    store.close()
+    with pytest.raises(StoreError, match="closed"):
+        store.get("t1")
+    with pytest.raises(StoreError, match="closed"):
+        store.commit([task(seq=2)], 1)
+
+
+# -- against a model, and Rocks against Memory ----------------------------------------
+
+IDS = ["t0", "t1", "t2", "é", "\U0001f600"]
+QUEUES = [("a", 0), ("a", 1), ("ab", -1)]
+
+snapshots = st.builds(
+    lambda task_id, status, seq, trigger, queue, collection: task(
+        task_id,
+        status,
+        seq,
+        # Mostly what the lifecycle produces; sometimes a terminal one with a trigger.
+        trigger if status.live or seq % 5 == 0 else None,
+        lambda_name=queue[0],
+        priority=queue[1],
+        collection=collection,
+        payload=task_id.encode() * seq,
+    ),
+    st.sampled_from(IDS),
+    st.sampled_from(list(S)),
+    st.integers(1, 6),
+    st.one_of(st.none(), st.integers(0, 100)),
+    st.sampled_from(QUEUES),
+    st.sampled_from(["x", "y"]),
+)
+batches = st.lists(
+    st.tuples(st.lists(snapshots, max_size=6), st.one_of(st.none(), st.integers(-1, 30))),
+    min_size=1,
+    max_size=12,
+)
+
+
+def _observe(s: TaskStore) -> dict[str, object]:
+    return {
+        "rows": {t.task_id: t for t in s.tasks()},
+        "counts": s.counts(),
+        "waiting": s.waiting(),
+        "enqueued": {q: s.enqueued(*q) for q in QUEUES},
+        "timeouts": s.due_timeouts(2**62, 1000),
+        "ready": {q: s.due_ready(*q, 2**62, 1000) for q in QUEUES},
+        "next": s.next_trigger(),
+        "offset": s.last_offset(),
+    }
+
+
+def _expected(model: dict[str, Task], offset: int) -> dict[str, object]:
+    ready = {
+        q: sorted(
+            (t.next_trigger_at, t.task_id)
+            for t in model.values()
+            if t.status in READY
+            and t.next_trigger_at is not None
+            and (t.lambda_name, t.priority) == q
+        )
+        for q in QUEUES
+    }
+    timeouts = sorted(
+        (t.next_trigger_at, t.task_id)
+        for t in model.values()
+        if t.status in TIMEOUTS and t.next_trigger_at is not None
+    )
+    triggers = [ts for entries in ready.values() for ts, _ in entries] + [ts for ts, _ in timeouts]
+    return {
+        "rows": model,
+        "counts": dict(
+            Counter(
+                (t.lambda_name, t.collection, t.priority, t.status.value) for t in model.values()
+            )
+        ),
+        "waiting": {q: len(entries) for q, entries in ready.items() if entries},
+        "enqueued": {
+            q: sum(
+                1
+                for t in model.values()
+                if t.status is S.ENQUEUED and (t.lambda_name, t.priority) == q
+            )
+            for q in QUEUES
+        },
+        "timeouts": timeouts,
+        "ready": ready,
+        "next": min(triggers, default=None),
+        "offset": offset,
+    }
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches)
+def test_random_commit_sequences_keep_the_invariants(
+    sequence: list[tuple[list[Task], int | None]],
+) -> None:
+    model: dict[str, Task] = {}
+    offset = -1
+    with tempfile.TemporaryDirectory() as tmp:
+        memory = MemoryTaskStore()
+        rocks = RocksTaskStore.open(Path(tmp) / "db", cache_size=2)
+        try:
+            for tasks, events_offset in sequence:
+                for t in tasks:
+                    if t.task_id not in model or t.seq > model[t.task_id].seq:
+                        model[t.task_id] = t
+                if events_offset is not None:
+                    offset = max(offset, events_offset)
+                memory.commit(tasks, events_offset)
+                rocks.commit(iter(tasks), events_offset)
+                expected = _expected(model, offset)
+                assert _observe(memory) == expected
+                assert _observe(rocks) == expected
+            rocks.close()
+            rocks = RocksTaskStore.open(Path(tmp) / "db")
+            assert _observe(rocks) == _expected(model, offset)
+        finally:
+            rocks.close()
+            memory.close()
+
+
+# -- RocksDB only ----------------------------------------------------------------------
+
+
+def test_reopening_keeps_rows_indexes_counters_and_offset(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    with RocksTaskStore.open(path) as s:
+        s.commit(
+            [
+                task("a", S.NEW, 1, 100, lambda_name="l", priority=1),
+                task("b", S.ENQUEUED, 2, 200),
+                task("c", S.SUCCESS, 5, None),
+            ],
+            41,
+        )
+        before = _observe_all(s)
+    with RocksTaskStore.open(path) as s:
+        assert _observe_all(s) == before
+        assert s.enqueued("send_email", 0) == 1
+        assert s.waiting() == {("l", 1): 1}
+        assert s.last_offset() == 41
+        assert s.next_trigger() == 100
+
+
+def _observe_all(s: TaskStore) -> dict[str, object]:
+    return {
+        "rows": list(s.tasks()),
+        "counts": s.counts(),
+        "waiting": s.waiting(),
+        "timeouts": s.due_timeouts(2**62, 100),
+        "ready": s.due_ready("l", 1, 2**62, 100),
+        "offset": s.last_offset(),
+        "next": s.next_trigger(),
+    }
+
+
+def test_open_or_rebuild_sets_a_garbage_directory_aside(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    path.mkdir()
+    (path / "junk.bin").write_bytes(b"\x00\x01garbage")
+    (path / "notes.txt").write_text("not a database")
+    s, rebuilt = open_or_rebuild(path)
+    with s:
+        assert rebuilt
+        assert s.last_offset() == -1
+        assert list(s.tasks()) == []
+    [aside] = [p for p in tmp_path.iterdir() if p.name.startswith("db.broken-")]
+    assert (aside / "junk.bin").read_bytes() == b"\x00\x01garbage"
+    assert (aside / "notes.txt").read_text() == "not a database"
+
+
+def test_open_or_rebuild_sets_a_corrupt_rocksdb_aside(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    with RocksTaskStore.open(path) as s:
+        s.commit([task()], 3)
+    (path / "CURRENT").write_text("garbage\n")
+    with pytest.raises(StoreError, match="cannot open"):
+        RocksTaskStore.open(path)
+    s, rebuilt = open_or_rebuild(path)
+    with s:
+        assert rebuilt
+        assert s.get("t1") is None
+    assert len(list(tmp_path.glob("db.broken-*"))) == 1
+
+
+def test_open_or_rebuild_keeps_a_healthy_store(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    s, rebuilt = open_or_rebuild(path)
+    with s:
+        assert not rebuilt
+        s.commit([task()], 3)
+    s, rebuilt = open_or_rebuild(path)
+    with s:
+        assert not rebuilt
+        assert s.last_offset() == 3
+        assert s.get("t1") == task()
+    assert list(tmp_path.glob("db.broken-*")) == []
+
+
+def test_another_format_version_is_refused_and_rebuilt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "db"
+    with RocksTaskStore.open(path) as s:
+        s.commit([task()], 3)
+    monkeypatch.setattr(store_module, "FORMAT_VERSION", 2)
+    with pytest.raises(StoreError, match="format version b'1', this build reads version 2"):
+        RocksTaskStore.open(path)
+    s, rebuilt = open_or_rebuild(path)
+    with s:
+        assert rebuilt
+        assert s.get("t1") is None
+    assert len(list(tmp_path.glob("db.broken-*"))) == 1
+
+
+def test_a_file_in_place_of_the_directory_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    path.write_text("x")
+    with pytest.raises(StoreError, match="not a directory"):
+        RocksTaskStore.open(path)
+
+
+def test_a_second_open_in_this_process_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    with RocksTaskStore.open(path):
+        with pytest.raises(StoreLockedError, match="already open"):
+            RocksTaskStore.open(path)
+        # A live owner's store is not broken: never set it aside.
+        with pytest.raises(StoreLockedError):
+            open_or_rebuild(path)
+        assert list(tmp_path.glob("db.broken-*")) == []
+
+
+def test_an_open_in_another_process_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    RocksTaskStore.open(path).close()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                import sys
+                from atf_es.projections import RocksTaskStore
+                with RocksTaskStore.open({str(path)!r}):
+                    print("open", flush=True)
+                    sys.stdin.read()
+                """
+            ),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(StoreLockedError, match="already open"):
+            RocksTaskStore.open(path)
+    finally:
+        holder.communicate("", timeout=30)
+    with RocksTaskStore.open(path):
+        pass
+
+
+def test_close_releases_the_lock_even_mid_scan(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    s = RocksTaskStore.open(path)
+    s.commit([task(f"t{i:04}", S.ENQUEUED, 1, i) for i in range(3000)], 0)
+    rows = s.tasks()
+    assert next(rows).task_id == "t0000"
+    assert len(s.due_timeouts(10**6, 2500)) == 2500
+    s.close()
+    with RocksTaskStore.open(path) as again:
+        assert sum(1 for _ in again.tasks()) == 3000
+        assert again.due_timeouts(10**6, 5000)[-1] == (2999, "t2999")
+
+
+def test_scans_cross_chunk_boundaries(tmp_path: Path) -> None:
+    with RocksTaskStore.open(tmp_path / "db") as s:
+        s.commit([task(f"t{i:05}", S.NEW, 1, i // 2) for i in range(2100)], None)
+        due = s.due_ready("send_email", 0, 10**6, 2049)
+        assert due == sorted((i // 2, f"t{i:05}") for i in range(2049))
+        assert [t.task_id for t in s.tasks()] == [f"t{i:05}" for i in range(2100)]
