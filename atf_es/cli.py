@@ -28,6 +28,7 @@ from atf_es.config import (
     env_var_for,
     load_settings,
 )
+from atf_es.services.processor import Processor
 from atf_es.topics import TopicSpec, core_topic_specs
 
 if TYPE_CHECKING:
@@ -200,6 +201,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=10.0, metavar="SECONDS", help="give up after this long"
     )
     check.set_defaults(handler=_cmd_check)
+
+    processor = sub(
+        "processor",
+        "run a partition processor until SIGTERM",
+        "Join the processor group on the commands topic and act as the single writer of "
+        "the partitions it is given: restore each partition's RocksDB projection from the "
+        "event log, then turn commands and due triggers into events, execution-queue "
+        "messages and replies, one Kafka transaction per batch. Run several for "
+        "availability; they split the partitions between them. Stops cleanly on SIGTERM "
+        "or Ctrl-C.",
+    )
+    processor.add_argument(
+        "--instance-id",
+        metavar="ID",
+        help="stable name of this processor; its projections live in "
+        "<data_dir>/processor/<ID> (default: host name and process id)",
+    )
+    processor.set_defaults(handler=_cmd_processor)
     return parser
 
 
@@ -227,9 +246,8 @@ def _print_topics(out: TextIO, specs: list[TopicSpec], result: EnsureResult | No
 
 def _dev_services(settings: Settings, bootstrap: str) -> list[Service]:
     """The services ``atf-es dev`` runs, in start order (stopped in reverse)."""
-    # The processor, HSC, controller, executor and frontend join here as they land.
-    del settings, bootstrap
-    return []
+    # The HSC, controller, executor and frontend join here as they land.
+    return [Processor(settings, bootstrap, instance_id="dev")]
 
 
 def _cmd_dev(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
@@ -287,6 +305,44 @@ def _cmd_dev(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
             connection.close()
             if connection.embedded:
                 print("broker: stopped", file=out)
+        restore()
+
+
+def _cmd_processor(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    bootstrap = _require_bootstrap(settings, "processor")
+    if bootstrap is None:
+        return EXIT_USAGE
+    stop = _Stop()
+    restore = stop.install()
+    processor = Processor(settings, bootstrap, instance_id=args.instance_id)
+    try:
+        processor.start()
+        print(
+            f"processor {processor.instance_id}: joining group "
+            f"{settings.topic_prefix}.processor at {bootstrap}; projections in "
+            f"{processor.data_dir}",
+            file=out,
+            flush=True,
+        )
+        owned: list[int] | None = None
+        while not stop.event.wait(0.2):
+            if processor.failed:
+                print("atf-es processor: crashed; see the log above", file=sys.stderr)
+                return EXIT_FAILURE
+            if processor.stats.owned != owned:
+                owned = list(processor.stats.owned)
+                print(
+                    f"processor {processor.instance_id}: owns partitions {owned}",
+                    file=out,
+                    flush=True,
+                )
+        print(f"{stop.signal_name or 'signal'} received: stopping", file=out, flush=True)
+        return EXIT_OK
+    finally:
+        processor.stop()
+        print(
+            f"processor {processor.instance_id}: stopped; {processor.stats}", file=out, flush=True
+        )
         restore()
 
 

@@ -1,0 +1,88 @@
+"""Factories for the Kafka clients every service uses, configured alike.
+
+Producers to keyed topics use librdkafka's ``murmur2_random`` partitioner,
+which is Java's default: a client in any language (or Kafka Streams) places a
+task_id on the same partition as we do, which keeps ``commands`` and
+``task-events`` co-partitioned no matter who writes the commands.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from confluent_kafka import Consumer, Producer
+
+PARTITIONER = "murmur2_random"
+FETCH_WAIT_MS = 20
+
+
+# librdkafka's own log lines go through Python logging, not straight to stderr.
+kafka_log = logging.getLogger("atf_es.kafka")
+
+
+def _base(bootstrap: str, kafka_config: Mapping[str, str]) -> dict[str, Any]:
+    return {"bootstrap.servers": bootstrap, **kafka_config, "logger": kafka_log}
+
+
+Overrides = Mapping[str, Any]
+_NONE: Overrides = {}
+
+
+def producer(
+    bootstrap: str, kafka_config: Mapping[str, str] = _NONE, *, overrides: Overrides = _NONE
+) -> Producer:
+    config = {
+        **_base(bootstrap, kafka_config),
+        "partitioner": PARTITIONER,
+        "enable.idempotence": True,
+        "linger.ms": 1,
+        **overrides,
+    }
+    return Producer(config)
+
+
+def transactional_producer(
+    bootstrap: str,
+    transactional_id: str,
+    kafka_config: Mapping[str, str] = _NONE,
+    *,
+    overrides: Overrides = _NONE,
+) -> Producer:
+    return producer(
+        bootstrap,
+        kafka_config,
+        overrides={
+            "transactional.id": transactional_id,
+            "transaction.timeout.ms": 60_000,
+            **overrides,
+        },
+    )
+
+
+def consumer(
+    bootstrap: str,
+    group_id: str | None = None,
+    kafka_config: Mapping[str, str] = _NONE,
+    *,
+    overrides: Overrides = _NONE,
+) -> Consumer:
+    """A consumer that never auto-commits and reads only committed transactions.
+
+    Without ``group_id`` it is a plain reader for ``assign()``: it gets a
+    throwaway group id that it never joins or commits to.
+    """
+    config = {
+        **_base(bootstrap, kafka_config),
+        "group.id": group_id or f"atf-reader-{uuid.uuid4().hex}",
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+        # librdkafka's default lets the broker hold an empty fetch for 500 ms,
+        # which would be the floor of every hop's latency.
+        "fetch.wait.max.ms": FETCH_WAIT_MS,
+        **overrides,
+    }
+    return Consumer(config)

@@ -1,0 +1,399 @@
+"""The partition processor: the single writer of its partitions.
+
+Processors join one consumer group on the commands topic. The owner of
+commands partition N is the only writer of task-events partition N, and
+proves it with a transactional producer whose id names the partition
+(``<prefix>.processor.p<N>``): whoever takes the partition over calls
+``init_transactions`` with the same id, which fences the previous owner even
+if it is paused and comes back later. Each batch of a partition is one
+transaction: events, execution-queue messages, replies, set-aside records and
+the consumed command offsets commit together or not at all. The RocksDB
+projection is written after the commit, with the last event offset in the
+same WriteBatch, so after a crash it is at worst behind the log, never ahead
+of it; on assignment it catches up from the log before taking commands.
+
+Why not one producer per process (EOS v2, fenced by the group generation)?
+The embedded broker does not check the generation in TxnOffsetCommit: a
+process paused past its session timeout and resumed commits over its
+successor's work (tested; see docs/design.md). A producer per partition is
+fenced by epoch on every broker, and real Kafka still applies the generation
+check because the group metadata is sent as well.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from atf_es import kafka_clients
+from atf_es.clock import now_ms
+from atf_es.config import Settings
+from atf_es.events import LambdaPolicy, Task
+from atf_es.events.codec import DecodeError, decode_event
+from atf_es.projections.store import RocksTaskStore, open_or_rebuild
+from atf_es.services.control import ControlView
+from atf_es.services.partition import Batch, Limits, PartitionCore, RawCommand, new_batch
+from atf_es.topics import Topics
+
+log = logging.getLogger(__name__)
+
+TXN_TIMEOUT_S = 30.0
+RESTORE_CHUNK = 5_000
+_FENCED = frozenset(
+    {
+        KafkaError._FENCED,
+        KafkaError.PRODUCER_FENCED,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+        KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+    }
+)
+
+
+@dataclass
+class ProcessorStats:
+    """Counters an operator reads (and metrics will export)."""
+
+    commands: int = 0
+    events: int = 0
+    timers: int = 0
+    work: int = 0
+    replies: int = 0
+    poison: int = 0
+    batches: int = 0
+    aborted: int = 0
+    fenced: int = 0
+    restored_events: int = 0
+    rebuilt_stores: int = 0
+    bad_event_records: int = 0
+    owned: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Owned:
+    partition: int
+    producer: Producer
+    store: RocksTaskStore
+    core: PartitionCore
+
+
+class Processor:
+    """Runs until ``stop()``; ``run()`` blocks, so give it a thread or a process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        *,
+        instance_id: str | None = None,
+        limits: Limits | None = None,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.topics = Topics(settings.topic_prefix)
+        self.instance_id = instance_id or f"{socket.gethostname()}-{os.getpid()}"
+        # Each partition's owner sees only its own tasks, so the cluster-wide
+        # cap is split evenly between the partitions.
+        self.limits = limits or Limits(
+            max_enqueued=max(1, settings.max_enqueued // settings.partitions)
+        )
+        self.clock = clock
+        self.data_dir = Path(settings.data_dir) / "processor" / self.instance_id
+        self.stats = ProcessorStats()
+        self._owned: dict[int, _Owned] = {}
+        self._stop = threading.Event()
+        self._consumer: Consumer | None = None
+        self._control: ControlView | None = None
+        self._refreshed: set[str] = set()
+        self._thread: threading.Thread | None = None
+        self.failed = False
+        self.ready = threading.Event()
+        """Set once the processor has joined the group and owns its first partitions."""
+
+    # -- lifecycle -------------------------------------------------------
+
+    name = "processor"
+
+    def start(self) -> None:
+        """Run in a background thread (``run()`` runs in the caller's)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run_logged, name="processor", daemon=True)
+            self._thread.start()
+
+    def _run_logged(self) -> None:
+        try:
+            self.run()
+        except Exception:
+            log.exception("processor %s crashed", self.instance_id)
+            self.failed = True
+            raise
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the current batch, release every partition and return.
+
+        Safe before ``start()`` and safe twice.
+        """
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def run(self) -> None:
+        self._control = ControlView(self.settings, self.bootstrap)
+        self._control.catch_up()
+        self._consumer = kafka_clients.consumer(
+            self.bootstrap,
+            f"{self.settings.topic_prefix}.processor",
+            self.settings.kafka_config,
+            overrides={
+                "session.timeout.ms": self.settings.session_timeout_ms,
+                "heartbeat.interval.ms": max(100, self.settings.session_timeout_ms // 10),
+                "max.poll.interval.ms": 600_000,
+                "client.id": f"processor-{self.instance_id}",
+            },
+        )
+        self._consumer.subscribe(
+            [self.topics.commands],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        log.info("processor %s started; data in %s", self.instance_id, self.data_dir)
+        try:
+            while not self._stop.is_set():
+                self._poll_once()
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._consumer is not None:
+            try:
+                self._consumer.close()  # runs on_revoke, which releases every partition
+            except (KafkaException, RuntimeError) as exc:
+                log.warning("closing the commands consumer: %s", exc)
+            self._consumer = None
+        for partition in list(self._owned):
+            self._release(partition)
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        log.info("processor %s stopped", self.instance_id)
+
+    # -- ownership -------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._acquire(tp.partition)
+        self.stats.owned = sorted(self._owned)
+        self.ready.set()
+        log.info("processor %s owns partitions %s", self.instance_id, self.stats.owned)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._release(tp.partition)
+        self.stats.owned = sorted(self._owned)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.warning("processor %s lost partitions %s", self.instance_id, partitions)
+        self._on_revoke(consumer, partitions)
+
+    def _acquire(self, partition: int) -> None:
+        producer = kafka_clients.transactional_producer(
+            self.bootstrap,
+            f"{self.settings.topic_prefix}.processor.p{partition}",
+            self.settings.kafka_config,
+        )
+        # Fences the previous owner and aborts whatever it left open, before we
+        # read the log: nothing it writes from now on can land.
+        producer.init_transactions(TXN_TIMEOUT_S)
+        store, rebuilt = open_or_rebuild(self.data_dir / f"p{partition}")
+        if rebuilt:
+            self.stats.rebuilt_stores += 1
+            log.warning("partition %d: projection unreadable; rebuilding from the log", partition)
+        self._restore(partition, store)
+        core = PartitionCore(partition, store, self._policy, self.topics, self.limits)
+        self._owned[partition] = _Owned(partition, producer, store, core)
+
+    def _release(self, partition: int) -> None:
+        owned = self._owned.pop(partition, None)
+        if owned is None:
+            return
+        owned.store.close()
+        # No transaction is ever left open between batches, so there is nothing to flush.
+        owned.producer.flush(0)
+
+    def _restore(self, partition: int, store: RocksTaskStore) -> None:
+        """Bring the projection up to the end of the partition's event log."""
+        started = time.monotonic()
+        source = TopicPartition(self.topics.task_events, partition)
+        reader = kafka_clients.consumer(self.bootstrap, kafka_config=self.settings.kafka_config)
+        try:
+            low, high = reader.get_watermark_offsets(source, timeout=TXN_TIMEOUT_S)
+            start = max(store.last_offset() + 1, low)
+            if start >= high:
+                return
+            reader.assign([TopicPartition(source.topic, partition, start)])
+            pending: dict[str, Task] = {}
+            last = start - 1
+            applied = 0
+            while last < high - 1:
+                for message in reader.consume(num_messages=RESTORE_CHUNK, timeout=1.0):
+                    if message.error() is not None:
+                        continue
+                    last = _offset(message)
+                    applied += 1
+                    value = message.value()
+                    if value is None:
+                        continue  # a tombstone: retention of finished tasks (later issue)
+                    try:
+                        _, task = decode_event(value)
+                    except DecodeError as exc:
+                        self.stats.bad_event_records += 1
+                        log.warning("partition %d offset %d: %s", partition, last, exc)
+                        continue
+                    current = pending.get(task.task_id)
+                    if current is None or task.seq > current.seq:
+                        pending[task.task_id] = task
+                if len(pending) >= RESTORE_CHUNK:
+                    store.commit(pending.values(), last)
+                    pending.clear()
+                if self._stop.is_set():
+                    break
+            store.commit(pending.values(), last)
+            self.stats.restored_events += applied
+            log.info(
+                "partition %d: restored %d events in %.2fs",
+                partition,
+                applied,
+                time.monotonic() - started,
+            )
+        finally:
+            reader.close()
+
+    # -- the loop --------------------------------------------------------
+
+    def _policy(self, lambda_name: str) -> LambdaPolicy | None:
+        assert self._control is not None
+        policy = self._control.get(lambda_name)
+        if policy is None and lambda_name not in self._refreshed:
+            # Defined a moment ago? Read the control topic to its end once per batch.
+            self._refreshed.add(lambda_name)
+            self._control.catch_up(timeout=5.0)
+            policy = self._control.get(lambda_name)
+        return policy
+
+    def _poll_once(self) -> None:
+        assert self._consumer is not None and self._control is not None
+        messages = self._consumer.consume(
+            num_messages=self.settings.max_batch,
+            timeout=self.settings.poll_interval_ms / 1000,
+        )
+        self._control.poll()
+        self._refreshed.clear()
+        by_partition: dict[int, list[RawCommand]] = defaultdict(list)
+        for message in messages:
+            if message.error() is not None:
+                log.warning("commands topic: %s", message.error())
+                continue
+            by_partition[_partition(message)].append(
+                RawCommand(_offset(message), message.key(), message.value())
+            )
+        now = self.clock()
+        for partition, owned in list(self._owned.items()):
+            records = by_partition.get(partition, [])
+            batch = new_batch(partition, now)
+            owned.core.handle(batch, records)
+            owned.core.fire_due(batch)
+            if batch.empty:
+                continue
+            self._commit(owned, batch, records[0].offset if records else None)
+
+    def _commit(self, owned: _Owned, batch: Batch, first_offset: int | None) -> None:
+        producer = owned.producer
+        events_topic = self.topics.task_events
+        last_event = -1
+
+        def delivered(error: KafkaError | None, message: Message) -> None:
+            nonlocal last_event
+            if error is None and message.topic() == events_topic:
+                last_event = max(last_event, _offset(message))
+
+        try:
+            producer.begin_transaction()
+            for out in batch.outgoing():
+                if out.partition is None:
+                    producer.produce(out.topic, out.value, out.key, on_delivery=delivered)
+                else:
+                    producer.produce(
+                        out.topic, out.value, out.key, out.partition, on_delivery=delivered
+                    )
+                producer.poll(0)
+            producer.flush(TXN_TIMEOUT_S)
+            if batch.last_command_offset is not None:
+                assert self._consumer is not None
+                producer.send_offsets_to_transaction(
+                    [
+                        TopicPartition(
+                            self.topics.commands, batch.partition, batch.last_command_offset + 1
+                        )
+                    ],
+                    self._consumer.consumer_group_metadata(),
+                    TXN_TIMEOUT_S,
+                )
+            producer.commit_transaction(TXN_TIMEOUT_S)
+        except KafkaException as exc:
+            self._failed(owned, batch, first_offset, exc)
+            return
+        owned.store.commit(batch.tasks.values(), last_event if last_event >= 0 else None)
+        stats = self.stats
+        stats.batches += 1
+        stats.commands += batch.commands
+        stats.timers += batch.timers
+        stats.events += len(batch.events)
+        stats.work += len(batch.work)
+        stats.replies += len(batch.replies)
+        stats.poison += len(batch.poison)
+
+    def _failed(
+        self, owned: _Owned, batch: Batch, first_offset: int | None, exc: KafkaException
+    ) -> None:
+        error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+        if error is not None and (error.fatal() or error.code() in _FENCED):
+            # Someone else owns this partition now. Let go of it without writing.
+            self.stats.fenced += 1
+            log.error("partition %d: fenced (%s); releasing it", batch.partition, error)
+            self._owned.pop(batch.partition, None)
+            owned.store.close()
+            if self._consumer is not None:
+                self._consumer.pause([TopicPartition(self.topics.commands, batch.partition)])
+            return
+        self.stats.aborted += 1
+        log.warning("partition %d: transaction failed (%s); retrying", batch.partition, exc)
+        try:
+            owned.producer.abort_transaction(TXN_TIMEOUT_S)
+        except KafkaException as abort_error:
+            log.error("partition %d: abort failed (%s); releasing it", batch.partition, abort_error)
+            self._release(batch.partition)
+            return
+        if first_offset is not None and self._consumer is not None:
+            self._consumer.seek(TopicPartition(self.topics.commands, batch.partition, first_offset))
+
+
+def _partition(message: Message) -> int:
+    partition = message.partition()
+    assert partition is not None
+    return partition
+
+
+def _offset(message: Message) -> int:
+    offset = message.offset()
+    assert offset is not None
+    return offset
