@@ -119,11 +119,16 @@ class TaskStore(Protocol):
         """The stored snapshot of ``task_id``, or None."""
         ...
 
-    def commit(self, tasks: Iterable[Task], events_offset: int | None) -> None:
+    def commit(
+        self, tasks: Iterable[Task], events_offset: int | None, *, replace_equal: bool = False
+    ) -> None:
         """Apply snapshots and the events offset they came from, atomically.
 
         A snapshot is applied only if its ``seq`` is higher than the stored
-        one; within one call the highest ``seq`` of a task wins. The offset
+        one; within one call the highest ``seq`` of a task wins. With
+        ``replace_equal`` (restoring from a log, where a later record of the
+        same seq supersedes an earlier one), an equal ``seq`` also replaces,
+        and within one call the last snapshot of a seq wins. The offset
         never goes backwards. Raises ValueError (writing nothing) for an id,
         lambda or collection containing ``\\0`` or an out-of-range integer.
         """
@@ -190,8 +195,9 @@ def _check_i64(what: str, value: int) -> None:
         raise ValueError(f"{what} out of the signed 64-bit range: {value}")
 
 
-def _latest_by_id(tasks: Iterable[Task]) -> dict[str, Task]:
-    """Validate ``tasks`` and keep the highest ``seq`` per task (the first on ties)."""
+def _latest_by_id(tasks: Iterable[Task], later_wins: bool = False) -> dict[str, Task]:
+    """Validate ``tasks`` and keep the highest ``seq`` per task (on ties the first,
+    or the last with ``later_wins``)."""
     latest: dict[str, Task] = {}
     for task in tasks:
         _check_text("task_id", task.task_id)
@@ -201,9 +207,14 @@ def _latest_by_id(tasks: Iterable[Task]) -> dict[str, Task]:
         if task.next_trigger_at is not None:
             _check_i64("next_trigger_at", task.next_trigger_at)
         current = latest.get(task.task_id)
-        if current is None or task.seq > current.seq:
+        if current is None or task.seq > current.seq or (later_wins and task.seq == current.seq):
             latest[task.task_id] = task
     return latest
+
+
+def _superseded(new: Task, old: Task, replace_equal: bool) -> bool:
+    """Whether the stored ``old`` stays: ``new`` is older, or equal and not replacing."""
+    return new.seq < old.seq or (new.seq == old.seq and (not replace_equal or new == old))
 
 
 def _is_ready(task: Task) -> bool:
@@ -323,14 +334,16 @@ class MemoryTaskStore:
         self._check_open()
         return self._tasks.get(task_id)
 
-    def commit(self, tasks: Iterable[Task], events_offset: int | None) -> None:
+    def commit(
+        self, tasks: Iterable[Task], events_offset: int | None, *, replace_equal: bool = False
+    ) -> None:
         self._check_open()
-        latest = _latest_by_id(tasks)
+        latest = _latest_by_id(tasks, replace_equal)
         delta = _Delta()
         applied: list[tuple[Task | None, Task]] = []
         for task_id, new in latest.items():
             old = self._tasks.get(task_id)
-            if old is not None and new.seq <= old.seq:
+            if old is not None and _superseded(new, old, replace_equal):
                 continue
             applied.append((old, new))
             delta.move(old, new)
@@ -732,9 +745,11 @@ class RocksTaskStore:
 
     # -- the write
 
-    def commit(self, tasks: Iterable[Task], events_offset: int | None) -> None:
+    def commit(
+        self, tasks: Iterable[Task], events_offset: int | None, *, replace_equal: bool = False
+    ) -> None:
         db = self._live()
-        latest = _latest_by_id(tasks)
+        latest = _latest_by_id(tasks, replace_equal)
         advance = events_offset is not None and events_offset > self._offset
         if not latest and not advance:
             return
@@ -748,7 +763,7 @@ class RocksTaskStore:
         for task_id, new in latest.items():
             old = stored.get(task_id)
             if old is not None:
-                if new.seq <= old.seq:
+                if _superseded(new, old, replace_equal):
                     continue
                 if _is_ready(old):
                     batch.delete(_ready_key(old), ready_cf)

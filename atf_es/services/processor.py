@@ -260,14 +260,17 @@ class Processor:
                         log.warning("partition %d offset %d: %s", partition, last, exc)
                         continue
                     current = pending.get(task.task_id)
-                    if current is None or task.seq > current.seq:
+                    # At equal seq the later record wins: a batch retried after an
+                    # abort writes its seq again, and brokers that do not filter
+                    # aborted transactions (the embedded one) show both copies.
+                    if current is None or task.seq >= current.seq:
                         pending[task.task_id] = task
                 if len(pending) >= RESTORE_CHUNK:
-                    store.commit(pending.values(), last)
+                    store.commit(pending.values(), last, replace_equal=True)
                     pending.clear()
                 if self._stop.is_set():
                     break
-            store.commit(pending.values(), last)
+            store.commit(pending.values(), last, replace_equal=True)
             self.stats.restored_events += applied
             log.info(
                 "partition %d: restored %d events in %.2fs",

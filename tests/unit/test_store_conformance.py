@@ -132,6 +132,25 @@ def test_equal_seqs_in_one_commit_keep_the_first(store: TaskStore) -> None:
     assert store.get("t1") == first
 
 
+def test_replace_equal_lets_a_later_record_of_the_same_seq_win(store: TaskStore) -> None:
+    # Restoring from a log where an aborted batch's record is followed by the
+    # committed retry of the same seq (brokers that show aborted records).
+    aborted = task(status=S.ENQUEUED, seq=2, trigger=100)
+    committed = task(status=S.ENQUEUED, seq=2, trigger=150)
+    store.commit([task(status=S.NEW, seq=1, trigger=50)], 0)
+    store.commit([aborted], 1, replace_equal=True)
+    store.commit([committed], 2, replace_equal=True)
+    assert store.get("t1") == committed
+    assert store.due_timeouts(10**6, 10) == [(150, "t1")]
+    assert store.counts() == {("send_email", "marketing", 0, "enqueued"): 1}
+    store.commit([aborted, committed], 3, replace_equal=True)
+    assert store.get("t1") == committed, "within one call the last of a seq wins"
+    store.commit([aborted], 4)
+    assert store.get("t1") == committed, "without replace_equal an equal seq changes nothing"
+    store.commit([task(status=S.NEW, seq=1, trigger=50)], 5, replace_equal=True)
+    assert store.get("t1") == committed, "an older seq never replaces"
+
+
 def test_nul_characters_are_refused_and_nothing_is_written(store: TaskStore) -> None:
     good = task("ok")
     for bad in (
