@@ -1,0 +1,173 @@
+"""Heartbeat and Status Controller: claims, heartbeats and results over gRPC.
+
+Each call becomes a command through the processor and waits for its reply
+(bounded by the caller's deadline and the service's own limit). A refused
+single-task call ends with a gRPC status and a sentence; the precise
+``ReplyCode`` travels in the trailing metadata key ``atf-reply-code`` so an
+executor can tell "cancelled: stop" from "stale lease: stop" from a transient
+failure. ``SetResults`` is a batch and answers one reply per result.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import NoReturn
+
+import grpc
+
+from atf_es._proto.atf.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from atf_es.events import ClaimTask, Command, Heartbeat, Outcome, SetResult
+from atf_es.events.replies import Reply, ReplyCode
+from atf_es.services.gateway import (
+    CommandGateway,
+    GatewayError,
+    KafkaUnavailableError,
+)
+from atf_es.services.grpc_server import GrpcServer, abort
+
+REPLY_CODE_KEY = "atf-reply-code"
+_STATUS = {
+    ReplyCode.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ReplyCode.STALE_LEASE: grpc.StatusCode.FAILED_PRECONDITION,
+    ReplyCode.WRONG_STATE: grpc.StatusCode.FAILED_PRECONDITION,
+    ReplyCode.CANCELLED: grpc.StatusCode.ABORTED,
+    ReplyCode.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
+    ReplyCode.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    ReplyCode.UNKNOWN_LAMBDA: grpc.StatusCode.NOT_FOUND,
+}
+_OUTCOMES = {
+    worker_pb2.OUTCOME_SUCCESS: Outcome.SUCCESS,
+    worker_pb2.OUTCOME_RETRIABLE: Outcome.RETRIABLE,
+    worker_pb2.OUTCOME_FATAL: Outcome.FATAL,
+}
+
+
+def reply_to_proto(reply: Reply) -> common_pb2.CommandReply:
+    return common_pb2.CommandReply(
+        task_id=reply.task_id,
+        code=common_pb2.ReplyCode.Value(f"REPLY_CODE_{reply.code.name}"),
+        message=reply.message,
+    )
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class HeartbeatStatusService(worker_pb2_grpc.HeartbeatStatusServicer):  # type: ignore[misc]
+    def __init__(self, gateway: CommandGateway, *, max_wait: float = 10.0) -> None:
+        self.gateway = gateway
+        self.max_wait = max_wait
+
+    def _timeout(self, context: grpc.ServicerContext) -> float:
+        remaining = context.time_remaining()
+        return self.max_wait if remaining is None else max(0.0, min(self.max_wait, remaining))
+
+    def _send(self, command: Command, context: grpc.ServicerContext) -> Reply:
+        try:
+            reply = self.gateway.send(command, timeout=self._timeout(context))
+        except KafkaUnavailableError as exc:
+            abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+        except GatewayError as exc:
+            abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+        assert isinstance(reply, Reply)
+        return reply
+
+    def _refuse(self, reply: Reply, context: grpc.ServicerContext) -> NoReturn:
+        context.set_trailing_metadata(((REPLY_CODE_KEY, reply.code.name),))
+        abort(context, _STATUS.get(reply.code, grpc.StatusCode.UNKNOWN), reply.message)
+
+    def ClaimTask(
+        self, request: worker_pb2.ClaimTaskRequest, context: grpc.ServicerContext
+    ) -> worker_pb2.ClaimTaskResponse:
+        _require(context, task_id=request.task_id, worker=request.worker)
+        _require_lease(context, request.lease)
+        reply = self._send(
+            ClaimTask(_new_id(), request.task_id, request.lease, request.worker), context
+        )
+        if not reply.accepted:
+            self._refuse(reply, context)
+        return worker_pb2.ClaimTaskResponse(reply=reply_to_proto(reply))
+
+    def Heartbeat(
+        self, request: worker_pb2.HeartbeatRequest, context: grpc.ServicerContext
+    ) -> worker_pb2.HeartbeatResponse:
+        _require(context, task_id=request.task_id, worker=request.worker)
+        _require_lease(context, request.lease)
+        reply = self._send(
+            Heartbeat(_new_id(), request.task_id, request.lease, request.worker), context
+        )
+        if not reply.accepted:
+            self._refuse(reply, context)
+        return worker_pb2.HeartbeatResponse(reply=reply_to_proto(reply))
+
+    def SetResults(
+        self, request: worker_pb2.SetResultsRequest, context: grpc.ServicerContext
+    ) -> worker_pb2.SetResultsResponse:
+        commands: list[Command] = []
+        for index, result in enumerate(request.results):
+            where = f"results[{index}]"
+            _require(
+                context, **{f"{where}.task_id": result.task_id, f"{where}.worker": result.worker}
+            )
+            _require_lease(context, result.lease, f"{where}.lease")
+            outcome = _OUTCOMES.get(result.outcome)
+            if outcome is None:
+                abort(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{where}.outcome must be SUCCESS, RETRIABLE or FATAL",
+                )
+            commands.append(
+                SetResult(
+                    _new_id(),
+                    result.task_id,
+                    result.lease,
+                    result.worker,
+                    outcome,
+                    result.error if result.HasField("error") else None,
+                    result.result if result.HasField("result") else None,
+                )
+            )
+        replies: list[common_pb2.CommandReply] = []
+        for command, outcome_or_error in zip(
+            commands,
+            self.gateway.send_many(commands, timeout=self._timeout(context)),
+            strict=True,
+        ):
+            if isinstance(outcome_or_error, Reply):
+                replies.append(reply_to_proto(outcome_or_error))
+            else:
+                replies.append(
+                    common_pb2.CommandReply(
+                        task_id=command.task_id,
+                        code=common_pb2.REPLY_CODE_UNSPECIFIED,
+                        message=str(outcome_or_error),
+                    )
+                )
+        return worker_pb2.SetResultsResponse(replies=replies)
+
+
+def _require(context: grpc.ServicerContext, **fields: str) -> None:
+    for name, value in fields.items():
+        if not value:
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{name} is required")
+
+
+def _require_lease(context: grpc.ServicerContext, lease: int, name: str = "lease") -> None:
+    if lease < 1:
+        abort(
+            context,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{name} must be the positive lease token from the work item, got {lease}",
+        )
+
+
+def hsc_server(gateway: CommandGateway, address: str) -> GrpcServer:
+    service = HeartbeatStatusService(gateway)
+    return GrpcServer(
+        "hsc",
+        address,
+        [lambda server: worker_pb2_grpc.add_HeartbeatStatusServicer_to_server(service, server)],
+        [worker_pb2.DESCRIPTOR.services_by_name["HeartbeatStatus"].full_name],
+    )
