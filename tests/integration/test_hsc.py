@@ -23,10 +23,11 @@ from tests.kafka_harness import prepare
 pytestmark = pytest.mark.integration
 
 
+System = tuple[CommandGateway, worker_pb2_grpc.HeartbeatStatusStub, grpc.Channel]
+
+
 @pytest.fixture
-def system(
-    settings: Settings,
-) -> Iterator[tuple[CommandGateway, worker_pb2_grpc.HeartbeatStatusStub, grpc.Channel]]:
+def system(settings: Settings) -> Iterator[System]:
     small = replace(settings, partitions=2)
     prepare(small, LambdaPolicy(name="send_email"))
     assert small.kafka_bootstrap is not None
