@@ -85,7 +85,28 @@ class DropTask:
     gate: str
 
 
-Command = ScheduleTask | ClaimTask | Heartbeat | SetResult | CancelTask | RedriveTask | DropTask
+@dataclass(frozen=True, slots=True)
+class QueryTask:
+    """Read a task through the log: answered after every earlier command for it.
+
+    Changes nothing; its reply carries the snapshot. This is how a status read
+    right after a schedule is guaranteed to find the task.
+    """
+
+    command_id: str
+    task_id: str
+
+
+Command = (
+    ScheduleTask
+    | ClaimTask
+    | Heartbeat
+    | SetResult
+    | CancelTask
+    | RedriveTask
+    | DropTask
+    | QueryTask
+)
 
 COMMAND_TYPES: tuple[type[Command], ...] = (
     ScheduleTask,
@@ -95,6 +116,7 @@ COMMAND_TYPES: tuple[type[Command], ...] = (
     CancelTask,
     RedriveTask,
     DropTask,
+    QueryTask,
 )
 
 

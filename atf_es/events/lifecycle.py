@@ -33,6 +33,7 @@ from atf_es.events.commands import (
     DropTask,
     Heartbeat,
     Outcome,
+    QueryTask,
     RedriveTask,
     ScheduleTask,
     SetResult,
@@ -109,6 +110,8 @@ def decide(task: Task | None, item: Input, now: int, policy: LambdaPolicy | None
         if isinstance(item, TimerFired):
             return Accepted()
         return Rejected(RejectCode.NOT_FOUND, f"no task {item.task_id!r}")
+    if isinstance(item, QueryTask):
+        return Accepted()  # a read: it works whatever became of the lambda
     if policy is None:
         return Rejected(
             RejectCode.UNKNOWN_LAMBDA, f"lambda {task.lambda_name!r} of task is not defined"
@@ -128,6 +131,8 @@ def decide(task: Task | None, item: Input, now: int, policy: LambdaPolicy | None
             return _redrive(task, item, now)
         case DropTask():
             return _drop(task, item, now)
+        case QueryTask():  # pragma: no cover - answered above, before the policy check
+            return Accepted()
 
 
 def _schedule(

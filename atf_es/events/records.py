@@ -25,6 +25,7 @@ from atf_es.events.commands import (
     DropTask,
     Heartbeat,
     Outcome,
+    QueryTask,
     RedriveTask,
     ScheduleTask,
     SetResult,
@@ -313,6 +314,7 @@ _COMMAND_NAMES: Final[dict[type[Command], str]] = {
     CancelTask: f"{NAMESPACE}.CancelTask",
     RedriveTask: f"{NAMESPACE}.RedriveTask",
     DropTask: f"{NAMESPACE}.DropTask",
+    QueryTask: f"{NAMESPACE}.QueryTask",
 }
 
 
@@ -343,6 +345,8 @@ def _command_body(cmd: Command) -> Record:
             return {"task_id": cmd.task_id, "requested_by": cmd.requested_by, "reason": cmd.reason}
         case DropTask():
             return {"task_id": cmd.task_id, "gate": cmd.gate}
+        case QueryTask():
+            return {"task_id": cmd.task_id}
 
 
 def command_to_record(cmd: Command, reply_to: str | None, sent_at: int) -> Record:
@@ -394,6 +398,8 @@ def command_from_record(rec: Record) -> CommandEnvelope:
             cmd = RedriveTask(command_id, body["task_id"], body["requested_by"], body["reason"])
         case "atf.v1.DropTask":
             cmd = DropTask(command_id, body["task_id"], body["gate"])
+        case "atf.v1.QueryTask":
+            cmd = QueryTask(command_id, body["task_id"])
         case _:
             raise RecordError(f"unknown command type {name!r}")
     return CommandEnvelope(cmd, rec["reply_to"], rec["sent_at"])

@@ -11,6 +11,7 @@ from atf_es.events.commands import (
     DropTask,
     Heartbeat,
     Outcome,
+    QueryTask,
     RedriveTask,
     ScheduleTask,
     SetResult,
@@ -193,6 +194,7 @@ COMMANDS: list[Command] = [
     CancelTask("c-9", "t-1", "alice"),
     RedriveTask("c-10", "t-1", "bob", "smtp fixed"),
     DropTask("c-11", "t-1", "send_email/marketing"),
+    QueryTask("c-12", "t-1"),
 ]
 
 WORK = WorkItem.of(ENQUEUED)

@@ -15,6 +15,7 @@ from atf_es.events import (
     Heartbeat,
     LambdaPolicy,
     Outcome,
+    QueryTask,
     RedriveTask,
     RejectCode,
     Rejected,
@@ -280,3 +281,14 @@ def test_names_reject_a_trailing_newline() -> None:
         LambdaPolicy(name="send_email\n")
     decision = decide(None, replace(schedule(), collection="default\n"), T0, POLICY)
     assert isinstance(decision, Rejected) and "collection" in decision.message
+
+
+def test_a_query_reads_and_changes_nothing() -> None:
+    run = started(Run())
+    before = run.t
+    assert run.do(QueryTask("q1", "t1"), T0 + 99) is None
+    assert run.t == before
+    missing = decide(None, QueryTask("q2", "nope"), T0, POLICY)
+    assert isinstance(missing, Rejected) and missing.code is RejectCode.NOT_FOUND
+    # A read works even when the task's lambda is no longer defined.
+    assert decide(before, QueryTask("q3", "t1"), T0, None) == Accepted()
