@@ -88,6 +88,9 @@ def test_durable_ack_without_waiting_for_a_processor(gateway: CommandGateway) ->
 
 
 def test_no_processor_means_a_bounded_wait(gateway: CommandGateway) -> None:
+    # Warm the producer (metadata, idempotence) so the timeout below is spent
+    # waiting for the reply, which is what this test is about.
+    assert isinstance(gateway.send(schedule(), wait_reply=False, timeout=30), Delivered)
     started = time.monotonic()
     with pytest.raises(NoReplyError, match="is a processor running"):
         gateway.send(schedule(), timeout=1.0)
