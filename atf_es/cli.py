@@ -28,6 +28,8 @@ from atf_es.config import (
     env_var_for,
     load_settings,
 )
+from atf_es.services.gateway import CommandGateway
+from atf_es.services.hsc import hsc_server
 from atf_es.services.processor import Processor
 from atf_es.topics import TopicSpec, core_topic_specs
 
@@ -219,6 +221,16 @@ def build_parser() -> argparse.ArgumentParser:
         "<data_dir>/processor/<ID> (default: host name and process id)",
     )
     processor.set_defaults(handler=_cmd_processor)
+
+    hsc = sub(
+        "hsc",
+        "run the Heartbeat and Status Controller until SIGTERM",
+        "Serve atf.v1.HeartbeatStatus (ClaimTask, Heartbeat, SetResults) on hsc_address. "
+        "Each call becomes a command through the processor and waits for its reply. "
+        "gRPC health checking and reflection are on. Stops cleanly on SIGTERM or Ctrl-C.",
+    )
+    hsc.add_argument("--listen", metavar="HOST:PORT", help="override hsc_address for listening")
+    hsc.set_defaults(handler=_cmd_hsc)
     return parser
 
 
@@ -344,6 +356,33 @@ def _cmd_processor(args: argparse.Namespace, settings: Settings, out: TextIO) ->
             f"processor {processor.instance_id}: stopped; {processor.stats}", file=out, flush=True
         )
         restore()
+
+
+def _wait_for_signal(out: TextIO) -> int:
+    """Block until SIGINT or SIGTERM; the caller stops its services afterwards."""
+    stop = _Stop()
+    restore = stop.install()
+    try:
+        stop.event.wait()
+        print(f"{stop.signal_name or 'signal'} received: stopping", file=out, flush=True)
+        return EXIT_OK
+    finally:
+        restore()
+
+
+def _cmd_hsc(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    bootstrap = _require_bootstrap(settings, "hsc")
+    if bootstrap is None:
+        return EXIT_USAGE
+    gateway = CommandGateway(settings, bootstrap, client_id="hsc")
+    server = hsc_server(gateway, args.listen or settings.hsc_address)
+    try:
+        server.start()
+        print(f"hsc: serving atf.v1.HeartbeatStatus on port {server.port}", file=out, flush=True)
+        return _wait_for_signal(out)
+    finally:
+        server.stop()
+        gateway.close()
 
 
 def _require_bootstrap(settings: Settings, command: str) -> str | None:

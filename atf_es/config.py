@@ -132,6 +132,12 @@ class Settings:
     """Enqueued-but-unclaimed tasks allowed per (lambda, priority); the rest wait."""
     max_batch: int = 500
     """Most records a processor takes from Kafka per poll (one transaction each batch)."""
+    frontend_address: str = "127.0.0.1:7070"
+    """host:port of the Frontend gRPC service (where it listens, where clients call)."""
+    hsc_address: str = "127.0.0.1:7071"
+    """host:port of the Heartbeat and Status Controller."""
+    controller_address: str = "127.0.0.1:7072"
+    """host:port of this worker host's Controller (executors call it)."""
     kafka_config: Mapping[str, str] = field(default_factory=dict)
     """librdkafka properties passed to every client (SASL, SSL, ...)."""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -197,6 +203,11 @@ class Settings:
                 bad(name, f"must be {bounds}, got {value}")
         if not isinstance(self.data_dir, Path):
             bad("data_dir", "must be a non-empty path")
+        for name in _ADDRESS_FIELDS:
+            value = getattr(self, name)
+            host, sep, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
+            if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+                bad(name, f"must be host:port (e.g. '127.0.0.1:7070'), got {value!r}")
         for key, value in self.kafka_config.items():
             where = self.source_of(f"kafka.{key}")
             if not isinstance(key, str) or not key or not isinstance(value, str):
@@ -213,6 +224,7 @@ class Settings:
 
 
 _FIELDS = {f.name: f for f in fields(Settings) if f.name != "sources"}
+_ADDRESS_FIELDS = ("frontend_address", "hsc_address", "controller_address")
 _SCALARS = {name for name in _FIELDS if name != "kafka_config"}
 _INT_FIELDS = {
     "partitions",
@@ -281,7 +293,7 @@ class _Layers:
                 self.problems.append(f"data_dir must be a non-empty path (from {source}).")
                 return
             value = Path(value)
-        elif name in ("kafka_bootstrap", "topic_prefix"):
+        elif name in ("kafka_bootstrap", "topic_prefix", *_ADDRESS_FIELDS):
             if name == "kafka_bootstrap" and value in (None, ""):
                 value = None
             elif not isinstance(value, str):

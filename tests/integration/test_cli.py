@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -152,3 +153,47 @@ def test_python_dash_m_is_the_same_command() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "planned  m.commands" in result.stdout
+
+
+def test_hsc_serves_and_stops_on_sigterm(settings: Settings) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from tests.kafka_harness import prepare
+
+    prepare(settings)
+    assert settings.kafka_bootstrap is not None
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "atf_es",
+            "hsc",
+            "--bootstrap",
+            settings.kafka_bootstrap,
+            "--topic-prefix",
+            settings.topic_prefix,
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        try:
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            assert f"on port {port}" in line, line
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                status = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service="atf.v1.HeartbeatStatus"), timeout=10
+                )
+            assert status.status == health_pb2.HealthCheckResponse.SERVING
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()

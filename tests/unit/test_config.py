@@ -257,3 +257,14 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
 def test_config_error_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="partitions"):
         Settings(partitions=-1)
+
+
+def test_service_addresses_are_validated() -> None:
+    settings = load_settings(env={"ATF_FRONTEND_ADDRESS": "0.0.0.0:0"})
+    assert settings.frontend_address == "0.0.0.0:0"
+    assert settings.source_of("frontend_address") == "environment variable ATF_FRONTEND_ADDRESS"
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env={"ATF_HSC_ADDRESS": "localhost", "ATF_CONTROLLER_ADDRESS": "h:99999"})
+    text = " ".join(caught.value.problems)
+    assert "hsc_address must be host:port" in text and "'localhost'" in text
+    assert "controller_address must be host:port" in text
