@@ -87,6 +87,9 @@ class ControlView:
         while high > low:
             self.poll(0.05)
             if self._consumer.position([partition])[0].offset >= high:
+                # The embedded broker reports the end as the last batch's base
+                # offset + 1; the rest of that batch has arrived: apply it too.
+                self.poll(0)
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"could not read {self._topic} to its end in {timeout:g}s")

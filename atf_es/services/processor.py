@@ -192,6 +192,9 @@ class Processor:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self._acquire(tp.partition)
+        # A partition we were fenced on was paused; librdkafka keeps it paused
+        # across rebalances, so being given it again must undo that.
+        consumer.resume(partitions)
         self.stats.owned = sorted(self._owned)
         self.ready.set()
         log.info("processor %s owns partitions %s", self.instance_id, self.stats.owned)
@@ -244,8 +247,11 @@ class Processor:
             pending: dict[str, Task] = {}
             last = start - 1
             applied = 0
-            while last < high - 1:
-                for message in reader.consume(num_messages=RESTORE_CHUNK, timeout=1.0):
+            # Done when the position reaches the end, not when a record at the end
+            # arrives: a transactional log ends in a commit marker, which no
+            # consumer ever receives.
+            while reader.position([source])[0].offset < high:
+                for message in reader.consume(num_messages=RESTORE_CHUNK, timeout=0.1):
                     if message.error() is not None:
                         continue
                     last = _offset(message)
@@ -295,10 +301,13 @@ class Processor:
 
     def _poll_once(self) -> None:
         assert self._consumer is not None and self._control is not None
-        messages = self._consumer.consume(
-            num_messages=self.settings.max_batch,
-            timeout=self.settings.poll_interval_ms / 1000,
-        )
+        # Wait for the first record only, then take what has already arrived:
+        # consume(n, timeout) would hold every command until n arrived or the
+        # poll interval ran out.
+        first = self._consumer.poll(self.settings.poll_interval_ms / 1000)
+        messages = [] if first is None else [first]
+        if first is not None and self.settings.max_batch > 1:
+            messages += self._consumer.consume(num_messages=self.settings.max_batch - 1, timeout=0)
         self._control.poll()
         self._refreshed.clear()
         by_partition: dict[int, list[RawCommand]] = defaultdict(list)
@@ -374,6 +383,7 @@ class Processor:
             self.stats.fenced += 1
             log.error("partition %d: fenced (%s); releasing it", batch.partition, error)
             self._owned.pop(batch.partition, None)
+            self.stats.owned = sorted(self._owned)
             owned.store.close()
             if self._consumer is not None:
                 self._consumer.pause([TopicPartition(self.topics.commands, batch.partition)])
