@@ -78,6 +78,7 @@ class Batch:
     last_command_offset: int | None = None
     commands: int = 0
     timers: int = 0
+    """Triggers fired by the index scan (not run-now tasks enqueued on arrival)."""
     enqueued: dict[tuple[str, int], int] = field(default_factory=dict)
 
     @property
@@ -237,14 +238,16 @@ class PartitionCore:
         policy = self.policies(task.lambda_name)
         if policy is None:
             return 0  # the lambda was removed; its tasks wait until it is defined again
-        return 0 if self._fire(batch, task, policy) is task else 1
+        if self._fire(batch, task, policy) is task:
+            return 0
+        batch.timers += 1
+        return 1
 
     def _fire(self, batch: Batch, task: Task, policy: LambdaPolicy) -> Task:
         """Run the task's due trigger; returns ``task`` itself when nothing was due."""
         decision = decide(task, TimerFired(task.task_id), batch.now, policy)
         if isinstance(decision, Rejected) or not decision.events:
             return task
-        batch.timers += 1
         after = self._record(batch, task, decision.events)
         return after if after is not None else task
 

@@ -39,7 +39,7 @@ from atf_es.clock import now_ms
 from atf_es.config import Settings
 from atf_es.events import LambdaPolicy, Task
 from atf_es.events.codec import DecodeError, decode_event
-from atf_es.projections.store import RocksTaskStore, open_or_rebuild
+from atf_es.projections.store import RocksTaskStore, TaskStore, open_or_rebuild
 from atf_es.services.control import ControlView
 from atf_es.services.partition import Batch, Limits, PartitionCore, RawCommand, new_batch
 from atf_es.topics import Topics
@@ -234,58 +234,16 @@ class Processor:
         owned.producer.flush(0)
 
     def _restore(self, partition: int, store: RocksTaskStore) -> None:
-        """Bring the projection up to the end of the partition's event log."""
         started = time.monotonic()
-        source = TopicPartition(self.topics.task_events, partition)
-        reader = kafka_clients.consumer(self.bootstrap, kafka_config=self.settings.kafka_config)
-        try:
-            low, high = reader.get_watermark_offsets(source, timeout=TXN_TIMEOUT_S)
-            start = max(store.last_offset() + 1, low)
-            if start >= high:
-                return
-            reader.assign([TopicPartition(source.topic, partition, start)])
-            pending: dict[str, Task] = {}
-            last = start - 1
-            applied = 0
-            # Done when the position reaches the end, not when a record at the end
-            # arrives: a transactional log ends in a commit marker, which no
-            # consumer ever receives.
-            while reader.position([source])[0].offset < high:
-                for message in reader.consume(num_messages=RESTORE_CHUNK, timeout=0.1):
-                    if message.error() is not None:
-                        continue
-                    last = _offset(message)
-                    applied += 1
-                    value = message.value()
-                    if value is None:
-                        continue  # a tombstone: retention of finished tasks (later issue)
-                    try:
-                        _, task = decode_event(value)
-                    except DecodeError as exc:
-                        self.stats.bad_event_records += 1
-                        log.warning("partition %d offset %d: %s", partition, last, exc)
-                        continue
-                    current = pending.get(task.task_id)
-                    # At equal seq the later record wins: a batch retried after an
-                    # abort writes its seq again, and brokers that do not filter
-                    # aborted transactions (the embedded one) show both copies.
-                    if current is None or task.seq >= current.seq:
-                        pending[task.task_id] = task
-                if len(pending) >= RESTORE_CHUNK:
-                    store.commit(pending.values(), last, replace_equal=True)
-                    pending.clear()
-                if self._stop.is_set():
-                    break
-            store.commit(pending.values(), last, replace_equal=True)
-            self.stats.restored_events += applied
-            log.info(
-                "partition %d: restored %d events in %.2fs",
-                partition,
-                applied,
-                time.monotonic() - started,
-            )
-        finally:
-            reader.close()
+        result = restore_partition(self.settings, self.bootstrap, partition, store, stop=self._stop)
+        self.stats.restored_events += result.events
+        self.stats.bad_event_records += result.unreadable
+        log.info(
+            "partition %d: restored %d events in %.2fs",
+            partition,
+            result.events,
+            time.monotonic() - started,
+        )
 
     # -- the loop --------------------------------------------------------
 
@@ -304,7 +262,7 @@ class Processor:
         # Wait for the first record only, then take what has already arrived:
         # consume(n, timeout) would hold every command until n arrived or the
         # poll interval ran out.
-        first = self._consumer.poll(self.settings.poll_interval_ms / 1000)
+        first = self._consumer.poll(self._wait_seconds())
         messages = [] if first is None else [first]
         if first is not None and self.settings.max_batch > 1:
             messages += self._consumer.consume(num_messages=self.settings.max_batch - 1, timeout=0)
@@ -327,6 +285,21 @@ class Processor:
             if batch.empty:
                 continue
             self._commit(owned, batch, records[0].offset if records else None)
+
+    def _wait_seconds(self) -> float:
+        """How long to wait for commands: the poll interval, or less if a trigger is due sooner.
+
+        A trigger already in the past is either being fired or held back by flow
+        control; waking for it again would spin, so it waits the full interval.
+        """
+        interval = self.settings.poll_interval_ms
+        now = self.clock()
+        upcoming = [
+            due
+            for owned in self._owned.values()
+            if (due := owned.store.next_trigger()) is not None and due > now
+        ]
+        return min([interval, *(due - now for due in upcoming)]) / 1000
 
     def _commit(self, owned: _Owned, batch: Batch, first_offset: int | None) -> None:
         producer = owned.producer
@@ -410,3 +383,66 @@ def _offset(message: Message) -> int:
     offset = message.offset()
     assert offset is not None
     return offset
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreResult:
+    events: int
+    """Records read from the event log (tombstones and unreadable ones included)."""
+    unreadable: int
+    """Records that did not decode as task events; skipped and logged."""
+
+
+def restore_partition(
+    settings: Settings,
+    bootstrap: str,
+    partition: int,
+    store: TaskStore,
+    *,
+    stop: threading.Event | None = None,
+) -> RestoreResult:
+    """Bring ``store`` up to the end of its event-log partition, as it is now."""
+    source = TopicPartition(Topics(settings.topic_prefix).task_events, partition)
+    reader = kafka_clients.consumer(bootstrap, kafka_config=settings.kafka_config)
+    try:
+        low, high = reader.get_watermark_offsets(source, timeout=TXN_TIMEOUT_S)
+        start = max(store.last_offset() + 1, low)
+        if start >= high:
+            return RestoreResult(0, 0)
+        reader.assign([TopicPartition(source.topic, partition, start)])
+        pending: dict[str, Task] = {}
+        last = start - 1
+        applied = unreadable = 0
+        # Done when the position reaches the end, not when a record at the end
+        # arrives: a transactional log ends in a commit marker, which no
+        # consumer ever receives.
+        while reader.position([source])[0].offset < high:
+            for message in reader.consume(num_messages=RESTORE_CHUNK, timeout=0.1):
+                if message.error() is not None:
+                    continue
+                last = _offset(message)
+                applied += 1
+                value = message.value()
+                if value is None:
+                    continue  # a tombstone: retention of finished tasks (later issue)
+                try:
+                    _, task = decode_event(value)
+                except DecodeError as exc:
+                    unreadable += 1
+                    log.warning("partition %d offset %d: %s", partition, last, exc)
+                    continue
+                current = pending.get(task.task_id)
+                # At equal seq the later record wins: a batch retried after an
+                # abort writes its seq again, and brokers that do not filter
+                # aborted transactions (the embedded one) show both copies.
+                if current is None or task.seq >= current.seq:
+                    pending[task.task_id] = task
+            if len(pending) >= RESTORE_CHUNK:
+                store.commit(pending.values(), last, replace_equal=True)
+                pending.clear()
+            if stop is not None and stop.is_set():
+                break
+        store.commit(pending.values(), last, replace_equal=True)
+        return RestoreResult(applied, unreadable)
+    finally:
+        reader.close()
