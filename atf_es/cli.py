@@ -28,6 +28,8 @@ from atf_es.config import (
     env_var_for,
     load_settings,
 )
+from atf_es.services.control import ControlView
+from atf_es.services.frontend import frontend_server
 from atf_es.services.gateway import CommandGateway
 from atf_es.services.hsc import hsc_server
 from atf_es.services.processor import Processor
@@ -231,6 +233,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     hsc.add_argument("--listen", metavar="HOST:PORT", help="override hsc_address for listening")
     hsc.set_defaults(handler=_cmd_hsc)
+
+    frontend = sub(
+        "frontend",
+        "run the Frontend (scheduling API) until SIGTERM",
+        "Serve atf.v1.Frontend (Schedule, ScheduleBatch, GetTask, Cancel) on "
+        "frontend_address. Schedule returns once the command is durably in Kafka; "
+        "GetTask reads through the log, so it finds a task right after Schedule "
+        "returned. gRPC health checking and reflection are on. Stops cleanly on SIGTERM "
+        "or Ctrl-C.",
+    )
+    frontend.add_argument(
+        "--listen", metavar="HOST:PORT", help="override frontend_address for listening"
+    )
+    frontend.set_defaults(handler=_cmd_frontend)
     return parser
 
 
@@ -383,6 +399,23 @@ def _cmd_hsc(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     finally:
         server.stop()
         gateway.close()
+
+
+def _cmd_frontend(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    bootstrap = _require_bootstrap(settings, "frontend")
+    if bootstrap is None:
+        return EXIT_USAGE
+    gateway = CommandGateway(settings, bootstrap, client_id="frontend")
+    control = ControlView(settings, bootstrap)
+    server = frontend_server(gateway, control, args.listen or settings.frontend_address)
+    try:
+        server.start()
+        print(f"frontend: serving atf.v1.Frontend on port {server.port}", file=out, flush=True)
+        return _wait_for_signal(out)
+    finally:
+        server.stop()
+        gateway.close()
+        control.close()
 
 
 def _require_bootstrap(settings: Settings, command: str) -> str | None:

@@ -1,0 +1,485 @@
+"""The client SDK: schedule, inspect, cancel and wait for tasks over gRPC.
+
+``Client`` is synchronous; ``AsyncClient`` has the same methods for asyncio.
+Both talk to the Frontend service and turn gRPC errors into a small typed
+hierarchy rooted at ``AtfError``, keeping the server's sentence::
+
+    from atf_es.client import Client
+
+    with Client("127.0.0.1:7070") as atf:
+        task_id = atf.schedule("send_email", b'{"to": "ada@example.com"}')
+        info = atf.wait(task_id, timeout=60)
+        print(info.status, info.result)
+
+Scheduling with an ``idempotency_key`` makes retries safe: the same key for
+the same lambda always names the same task, and a repeat schedules nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+import grpc.aio
+
+from atf_es._proto.atf.v1 import common_pb2, frontend_pb2, frontend_pb2_grpc
+from atf_es.events.status import TaskStatus
+
+REPLY_CODE_KEY = "atf-reply-code"
+"""Trailing metadata carrying the precise reply code (as ``atf_es.services.hsc`` sends it)."""
+_FIRST_INTERVAL = 0.02
+_MAX_INTERVAL = 1.0
+
+
+# -- errors ------------------------------------------------------------------
+
+
+class AtfError(Exception):
+    """A call the Frontend refused or could not complete; ``message`` is the server's sentence."""
+
+    def __init__(self, message: str, *, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class InvalidArgument(AtfError, ValueError):  # noqa: N818 - named after the gRPC status
+    """The request is malformed; the message names the field."""
+
+
+class NotFound(AtfError):  # noqa: N818 - named after the gRPC status
+    """Something the request refers to does not exist."""
+
+
+class TaskNotFound(NotFound):
+    """No task has this id."""
+
+
+class UnknownLambda(NotFound):
+    """The lambda is not defined."""
+
+
+class AlreadyExists(AtfError):  # noqa: N818 - named after the gRPC status
+    """The task id (or idempotency key) is taken by a task with different content."""
+
+
+class FailedPrecondition(AtfError):  # noqa: N818 - named after the gRPC status
+    """The task is in a state that does not allow this (e.g. cancelling a finished task)."""
+
+
+class Unavailable(AtfError):  # noqa: N818 - named after the gRPC status
+    """The Frontend, Kafka or the processors could not be reached in time; retry later."""
+
+
+class DeadlineExceeded(Unavailable, TimeoutError):  # noqa: N818 - named after the gRPC status
+    """The call did not finish within its timeout."""
+
+
+class Unimplemented(AtfError):  # noqa: N818 - named after the gRPC status
+    """The server does not offer this call yet."""
+
+
+_ERRORS: dict[grpc.StatusCode, type[AtfError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
+}
+
+
+def _error_from(code: grpc.StatusCode, details: str | None, metadata: Any) -> AtfError:
+    message = details or code.name.lower()
+    reply_code = dict(metadata or ()).get(REPLY_CODE_KEY)
+    if code is grpc.StatusCode.NOT_FOUND:
+        kind: type[AtfError] = UnknownLambda if reply_code == "UNKNOWN_LAMBDA" else TaskNotFound
+    else:
+        kind = _ERRORS.get(code, AtfError)
+    return kind(message, code=code)
+
+
+def _translate(error: grpc.RpcError) -> AtfError:
+    return _error_from(error.code(), error.details(), error.trailing_metadata())
+
+
+# -- values ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    """A task as the Frontend last saw it. Times are epoch milliseconds."""
+
+    task_id: str
+    lambda_name: str
+    collection: str
+    priority: int
+    status: TaskStatus
+    attempts: int
+    """Claims accepted since the task was scheduled or redriven."""
+    lease: int
+    """The current lease token; bumped on every (re)enqueue."""
+    seq: int
+    created_at_ms: int
+    scheduled_at_ms: int
+    next_trigger_at_ms: int | None = None
+    enqueued_at_ms: int | None = None
+    claimed_at_ms: int | None = None
+    started_at_ms: int | None = None
+    heartbeat_at_ms: int | None = None
+    finished_at_ms: int | None = None
+    worker: str | None = None
+    last_error: str | None = None
+    result: bytes | None = None
+    idempotency_key: str | None = None
+    payload: bytes | None = None
+    """Only when asked for (``get(..., include_payload=True)``)."""
+
+    @property
+    def terminal(self) -> bool:
+        return self.status.terminal
+
+    @classmethod
+    def from_proto(cls, info: common_pb2.TaskInfo) -> TaskInfo:
+        def opt(name: str) -> Any:
+            return getattr(info, name) if info.HasField(name) else None
+
+        status_name = common_pb2.TaskStatus.Name(info.status).removeprefix("TASK_STATUS_")
+        return cls(
+            task_id=info.task_id,
+            lambda_name=info.lambda_name,
+            collection=info.collection,
+            priority=info.priority,
+            status=TaskStatus[status_name],
+            attempts=info.attempts,
+            lease=info.lease,
+            seq=info.seq,
+            created_at_ms=info.created_at_ms,
+            scheduled_at_ms=info.scheduled_at_ms,
+            next_trigger_at_ms=opt("next_trigger_at_ms"),
+            enqueued_at_ms=opt("enqueued_at_ms"),
+            claimed_at_ms=opt("claimed_at_ms"),
+            started_at_ms=opt("started_at_ms"),
+            heartbeat_at_ms=opt("heartbeat_at_ms"),
+            finished_at_ms=opt("finished_at_ms"),
+            worker=opt("worker"),
+            last_error=opt("last_error"),
+            result=opt("result"),
+            idempotency_key=opt("idempotency_key"),
+            payload=opt("payload"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRequest:
+    """One task for ``schedule_many``; the fields mean what ``Client.schedule``'s arguments do."""
+
+    lambda_name: str
+    payload: bytes = b""
+    collection: str = "default"
+    priority: int = 0
+    run_at: datetime | int | None = None
+    delay: float | timedelta | None = None
+    idempotency_key: str | None = None
+    task_id: str | None = None
+
+    def to_proto(self) -> frontend_pb2.TaskSpec:
+        if self.run_at is not None and self.delay is not None:
+            raise InvalidArgument("give run_at or delay, not both")
+        spec = frontend_pb2.TaskSpec(
+            lambda_name=self.lambda_name,
+            collection=self.collection,
+            priority=self.priority,
+            payload=self.payload,
+        )
+        if self.run_at is not None:
+            spec.run_at_ms = _epoch_ms(self.run_at)
+        if self.delay is not None:
+            seconds = (
+                self.delay.total_seconds() if isinstance(self.delay, timedelta) else self.delay
+            )
+            spec.delay_ms = round(seconds * 1000)
+        if self.idempotency_key is not None:
+            spec.idempotency_key = self.idempotency_key
+        if self.task_id is not None:
+            spec.task_id = self.task_id
+        return spec
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleOutcome:
+    """What became of one task of ``schedule_many``: its id, or why it was refused."""
+
+    task_id: str
+    created: bool
+    error: AtfError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+_OUTCOME_ERRORS: dict[int, type[AtfError]] = {
+    common_pb2.REPLY_CODE_INVALID: InvalidArgument,
+    common_pb2.REPLY_CODE_NOT_FOUND: TaskNotFound,
+    common_pb2.REPLY_CODE_UNKNOWN_LAMBDA: UnknownLambda,
+    common_pb2.REPLY_CODE_ALREADY_EXISTS: AlreadyExists,
+    common_pb2.REPLY_CODE_WRONG_STATE: FailedPrecondition,
+    common_pb2.REPLY_CODE_UNSPECIFIED: Unavailable,
+}
+
+
+def _outcome(result: frontend_pb2.ScheduleResult) -> ScheduleOutcome:
+    if result.code == common_pb2.REPLY_CODE_OK:
+        return ScheduleOutcome(result.task_id, result.created)
+    kind = _OUTCOME_ERRORS.get(result.code, AtfError)
+    return ScheduleOutcome(result.task_id, False, kind(result.message))
+
+
+def _epoch_ms(when: datetime | int) -> int:
+    if isinstance(when, datetime):
+        if when.tzinfo is None:
+            raise InvalidArgument(
+                "run_at must be a timezone-aware datetime (e.g. datetime.now(UTC)) "
+                "or epoch milliseconds"
+            )
+        return round(when.timestamp() * 1000)
+    return when
+
+
+def _requests(tasks: Iterable[TaskRequest]) -> frontend_pb2.ScheduleBatchRequest:
+    return frontend_pb2.ScheduleBatchRequest(specs=[task.to_proto() for task in tasks])
+
+
+def _timeout_error(task_id: str, timeout: float, last: TaskInfo) -> TimeoutError:
+    return TimeoutError(
+        f"task {task_id!r} did not finish within {timeout:g}s; its last status was {last.status}"
+    )
+
+
+# -- the clients -------------------------------------------------------------
+
+
+class Client:
+    """A synchronous Frontend client; every call is bounded by ``timeout`` seconds.
+
+    >>> with Client("127.0.0.1:7070") as atf:  # doctest: +SKIP
+    ...     task_id = atf.schedule("send_email", b"hi", delay=timedelta(minutes=5))
+    ...     atf.cancel(task_id, reason="changed my mind").status
+    <TaskStatus.CANCELLED: 'cancelled'>
+    """
+
+    def __init__(self, address: str, *, timeout: float = 10.0) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(address)
+        self._stub = frontend_pb2_grpc.FrontendStub(self._channel)
+
+    def schedule(
+        self,
+        lambda_name: str,
+        payload: bytes = b"",
+        *,
+        collection: str = "default",
+        priority: int = 0,
+        run_at: datetime | int | None = None,
+        delay: float | timedelta | None = None,
+        idempotency_key: str | None = None,
+        task_id: str | None = None,
+    ) -> str:
+        """Schedule one task; returns its id.
+
+        ``run_at`` is a timezone-aware datetime or epoch milliseconds; ``delay`` is
+        seconds or a timedelta; neither means now. With ``idempotency_key``, a
+        repeat returns the same id and schedules nothing.
+
+        >>> atf.schedule("send_email", b"hi", idempotency_key="order-42")  # doctest: +SKIP
+        '5f0c...'
+        """
+        spec = TaskRequest(
+            lambda_name, payload, collection, priority, run_at, delay, idempotency_key, task_id
+        ).to_proto()
+        response = self._call(self._stub.Schedule, frontend_pb2.ScheduleRequest(spec=spec))
+        task_id_: str = response.task_id
+        return task_id_
+
+    def schedule_many(self, tasks: Iterable[TaskRequest]) -> list[ScheduleOutcome]:
+        """Schedule many tasks in one call; one outcome per task, in order.
+
+        >>> outcomes = atf.schedule_many(TaskRequest("resize", p) for p in images)  # doctest: +SKIP
+        >>> [o.task_id for o in outcomes if o.ok]  # doctest: +SKIP
+        """
+        response = self._call(self._stub.ScheduleBatch, _requests(tasks))
+        return [_outcome(result) for result in response.results]
+
+    def get(self, task_id: str, *, include_payload: bool = False) -> TaskInfo:
+        """The task as of every command sent for it so far; ``TaskNotFound`` if unknown."""
+        response = self._call(
+            self._stub.GetTask,
+            frontend_pb2.GetTaskRequest(task_id=task_id, include_payload=include_payload),
+        )
+        return TaskInfo.from_proto(response.task)
+
+    def cancel(self, task_id: str, reason: str = "", *, requested_by: str = "") -> TaskInfo:
+        """Cancel a task that has not finished; ``FailedPrecondition`` if it has."""
+        response = self._call(
+            self._stub.Cancel,
+            frontend_pb2.CancelRequest(task_id=task_id, reason=reason, requested_by=requested_by),
+        )
+        return TaskInfo.from_proto(response.task)
+
+    def wait(self, task_id: str, timeout: float) -> TaskInfo:
+        """Poll until the task is terminal; ``TimeoutError`` after ``timeout`` seconds.
+
+        >>> atf.wait(task_id, timeout=30).status  # doctest: +SKIP
+        <TaskStatus.SUCCESS: 'success'>
+        """
+        deadline = time.monotonic() + timeout
+        interval = _FIRST_INTERVAL
+        while True:
+            info = self.get(task_id)
+            if info.terminal:
+                return info
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _timeout_error(task_id, timeout, info)
+            time.sleep(min(interval, left))
+            interval = min(interval * 1.5, _MAX_INTERVAL)
+
+    def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as error:
+            raise _translate(error) from None
+
+    def close(self) -> None:
+        """Close the channel. Safe to call twice."""
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """``Client`` for asyncio (grpc.aio); create and use it inside a running loop.
+
+    >>> async with AsyncClient("127.0.0.1:7070") as atf:  # doctest: +SKIP
+    ...     task_id = await atf.schedule("send_email", b"hi")
+    ...     info = await atf.wait(task_id, timeout=60)
+    """
+
+    def __init__(self, address: str, *, timeout: float = 10.0) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._channel = grpc.aio.insecure_channel(address)
+        self._stub = frontend_pb2_grpc.FrontendStub(self._channel)
+
+    async def schedule(
+        self,
+        lambda_name: str,
+        payload: bytes = b"",
+        *,
+        collection: str = "default",
+        priority: int = 0,
+        run_at: datetime | int | None = None,
+        delay: float | timedelta | None = None,
+        idempotency_key: str | None = None,
+        task_id: str | None = None,
+    ) -> str:
+        """Schedule one task; returns its id (see ``Client.schedule``)."""
+        spec = TaskRequest(
+            lambda_name, payload, collection, priority, run_at, delay, idempotency_key, task_id
+        ).to_proto()
+        response = await self._call(self._stub.Schedule, frontend_pb2.ScheduleRequest(spec=spec))
+        task_id_: str = response.task_id
+        return task_id_
+
+    async def schedule_many(self, tasks: Iterable[TaskRequest]) -> list[ScheduleOutcome]:
+        """Schedule many tasks in one call; one outcome per task, in order."""
+        response = await self._call(self._stub.ScheduleBatch, _requests(tasks))
+        return [_outcome(result) for result in response.results]
+
+    async def get(self, task_id: str, *, include_payload: bool = False) -> TaskInfo:
+        """The task as of every command sent for it so far; ``TaskNotFound`` if unknown."""
+        response = await self._call(
+            self._stub.GetTask,
+            frontend_pb2.GetTaskRequest(task_id=task_id, include_payload=include_payload),
+        )
+        return TaskInfo.from_proto(response.task)
+
+    async def cancel(self, task_id: str, reason: str = "", *, requested_by: str = "") -> TaskInfo:
+        """Cancel a task that has not finished; ``FailedPrecondition`` if it has."""
+        response = await self._call(
+            self._stub.Cancel,
+            frontend_pb2.CancelRequest(task_id=task_id, reason=reason, requested_by=requested_by),
+        )
+        return TaskInfo.from_proto(response.task)
+
+    async def wait(self, task_id: str, timeout: float) -> TaskInfo:
+        """Poll until the task is terminal; ``TimeoutError`` after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        interval = _FIRST_INTERVAL
+        while True:
+            info = await self.get(task_id)
+            if info.terminal:
+                return info
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _timeout_error(task_id, timeout, info)
+            await asyncio.sleep(min(interval, left))
+            interval = min(interval * 1.5, _MAX_INTERVAL)
+
+    async def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return await method(request, timeout=self.timeout)
+        except grpc.aio.AioRpcError as error:
+            raise _error_from(error.code(), error.details(), error.trailing_metadata()) from None
+
+    async def close(self) -> None:
+        """Close the channel. Safe to call twice."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+__all__ = [
+    "AlreadyExists",
+    "AsyncClient",
+    "AtfError",
+    "Client",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "NotFound",
+    "ScheduleOutcome",
+    "TaskInfo",
+    "TaskNotFound",
+    "TaskRequest",
+    "Unavailable",
+    "Unimplemented",
+    "UnknownLambda",
+]

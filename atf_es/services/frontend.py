@@ -1,0 +1,482 @@
+"""Frontend: the client-facing gRPC service (schedule, inspect, cancel).
+
+A thin shell over a ``CommandGateway`` and a ``ControlView``: requests are
+validated here, field by field, so a caller learns what is wrong with an
+``INVALID_ARGUMENT`` that names the field; the processor validates again
+(the log is the authority), which matters only for a lambda redefined
+between the two checks.
+
+Scheduling and idempotency
+--------------------------
+- Without an idempotency key or a caller-chosen task id, ``Schedule``
+  returns as soon as the command is durably in Kafka; the processor will
+  record the task, and a ``GetTask`` issued afterwards finds it because reads
+  go through the same log partition (read-your-writes).
+- With an idempotency key and no task id, the task id is derived from
+  ``(lambda_name, idempotency_key)`` (``idempotent_task_id``), so the same key
+  twice names the same task. The processor treats a second ``ScheduleTask``
+  for an existing task with the same content (lambda, collection, priority,
+  payload) as a duplicate and records nothing; different content is refused
+  with ``ALREADY_EXISTS``. To report that, keyed requests (and requests with a
+  caller-chosen task id, which are idempotent the same way) wait for the
+  processor's reply. ``created`` is learnt from a ``QueryTask`` sent just
+  before the ``ScheduleTask`` on the same partition: two identical keyed
+  requests racing each other may both say ``created=true``, but only one task
+  exists.
+
+Every wait is bounded by the caller's deadline and ``max_wait`` (10 s): a
+broker outage ends in ``UNAVAILABLE`` with a sentence, never a hang.
+
+Quotas (``RESOURCE_EXHAUSTED`` for a lambda over its quota) are not enforced
+here: ``LambdaPolicy`` has no quota yet; they arrive with the isolation issue.
+``History`` and ``Watch`` answer ``UNIMPLEMENTED`` until the audit issue.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import NoReturn
+
+import grpc
+from confluent_kafka import KafkaException
+
+from atf_es._proto.atf.v1 import common_pb2, frontend_pb2, frontend_pb2_grpc
+from atf_es.clock import now_ms
+from atf_es.events import CancelTask, Command, LambdaPolicy, QueryTask, ScheduleTask, Task
+from atf_es.events.policy import COLLECTION_NAME, DEFAULT_COLLECTION, LAMBDA_NAME
+from atf_es.events.replies import Reply, ReplyCode
+from atf_es.services.control import ControlView
+from atf_es.services.gateway import (
+    CommandGateway,
+    GatewayError,
+    KafkaUnavailableError,
+    NoReplyError,
+)
+from atf_es.services.grpc_server import GrpcServer, abort
+from atf_es.services.hsc import REPLY_CODE_KEY
+
+MAX_ID_LENGTH = 200
+MAX_BATCH = 1000
+MAX_TIME_MS = 253_402_300_800_000
+"""Year 10000: a bound that keeps ``now + delay`` far from overflowing a long."""
+HISTORY_UNIMPLEMENTED = "arrives with the audit issue (History/Watch)"
+
+_IDEMPOTENCY_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:atf-es:idempotency-key")
+
+
+def idempotent_task_id(lambda_name: str, idempotency_key: str) -> str:
+    """The task id a keyed schedule gets: the same key of the same lambda, the same task."""
+    return uuid.uuid5(_IDEMPOTENCY_NAMESPACE, f"{lambda_name}\x00{idempotency_key}").hex
+
+
+def task_to_proto(task: Task, *, include_payload: bool = False) -> common_pb2.TaskInfo:
+    """The gRPC view of a task snapshot (the payload only when asked for)."""
+    info = common_pb2.TaskInfo(
+        task_id=task.task_id,
+        lambda_name=task.lambda_name,
+        collection=task.collection,
+        priority=task.priority,
+        status=common_pb2.TaskStatus.Value(f"TASK_STATUS_{task.status.name}"),
+        attempts=task.attempts,
+        lease=task.lease,
+        seq=task.seq,
+        created_at_ms=task.created_at,
+        scheduled_at_ms=task.scheduled_at,
+    )
+    optional = {
+        "next_trigger_at_ms": task.next_trigger_at,
+        "enqueued_at_ms": task.enqueued_at,
+        "claimed_at_ms": task.claimed_at,
+        "started_at_ms": task.started_at,
+        "heartbeat_at_ms": task.heartbeat_at,
+        "finished_at_ms": task.finished_at,
+        "worker": task.worker,
+        "last_error": task.last_error,
+        "result": task.result,
+        "idempotency_key": task.idempotency_key,
+    }
+    for name, value in optional.items():
+        if value is not None:
+            setattr(info, name, value)
+    if include_payload:
+        info.payload = task.payload
+    return info
+
+
+class SpecError(Exception):
+    """A ``TaskSpec`` the frontend refuses before sending anything."""
+
+    def __init__(self, status: grpc.StatusCode, code: ReplyCode, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    """A validated spec: the command to send and whether to wait for its reply."""
+
+    command: ScheduleTask
+    wait_reply: bool
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _invalid(message: str) -> SpecError:
+    return SpecError(grpc.StatusCode.INVALID_ARGUMENT, ReplyCode.INVALID, message)
+
+
+def _shown(value: str, limit: int = 120) -> str:
+    """``value`` quoted for an error message, cut short so a huge input stays readable."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value)} chars)"
+
+
+def _check_id(name: str, value: str) -> None:
+    if not 1 <= len(value) <= MAX_ID_LENGTH or not value.isprintable():
+        raise _invalid(
+            f"{name} must be 1-{MAX_ID_LENGTH} printable characters, got {len(value)} characters"
+        )
+
+
+class FrontendService(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
+    def __init__(
+        self, gateway: CommandGateway, control: ControlView, *, max_wait: float = 10.0
+    ) -> None:
+        self.gateway = gateway
+        self.control = control
+        self.max_wait = max_wait
+        # ControlView is a single consumer and a plain dict: one reader at a time.
+        self._control_lock = threading.Lock()
+
+    # -- helpers ---------------------------------------------------------
+
+    def _timeout(self, context: grpc.ServicerContext) -> float:
+        """How long this call may wait: ``max_wait``, or less, to answer within the deadline."""
+        remaining: float | None = context.time_remaining()
+        if remaining is None:
+            return self.max_wait
+        # Leave a little of the caller's deadline for the answer to travel back,
+        # so the caller hears "Kafka is unavailable" rather than a bare deadline.
+        return max(0.0, min(self.max_wait, remaining - min(0.5, remaining * 0.1)))
+
+    def _policy(self, lambda_name: str, timeout: float) -> LambdaPolicy:
+        with self._control_lock:
+            self.control.poll(0)
+            policy = self.control.get(lambda_name)
+            if policy is None:
+                # Defined a moment ago? Read the control topic to its end once.
+                try:
+                    self.control.catch_up(timeout=max(0.1, timeout))
+                except (KafkaException, TimeoutError) as exc:
+                    raise SpecError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        ReplyCode.UNKNOWN_LAMBDA,
+                        f"cannot read the lambda definitions from Kafka to check lambda "
+                        f"{lambda_name!r}: {exc}",
+                    ) from exc
+                policy = self.control.get(lambda_name)
+        if policy is None:
+            raise SpecError(
+                grpc.StatusCode.NOT_FOUND,
+                ReplyCode.UNKNOWN_LAMBDA,
+                f"lambda {lambda_name!r} is not defined; define it before scheduling its tasks",
+            )
+        return policy
+
+    def _plan(self, spec: frontend_pb2.TaskSpec, where: str, timeout: float, now: int) -> _Planned:
+        """Validate ``spec`` (field names prefixed with ``where``) and build its command."""
+        if not spec.lambda_name:
+            raise _invalid(f"{where}lambda_name is required")
+        if not LAMBDA_NAME.fullmatch(spec.lambda_name):
+            raise _invalid(
+                f"{where}lambda_name {_shown(spec.lambda_name)} must be 1-100 letters, digits, "
+                "'_' or '-'"
+            )
+        collection = spec.collection or DEFAULT_COLLECTION
+        if not COLLECTION_NAME.fullmatch(collection):
+            raise _invalid(
+                f"{where}collection {_shown(collection)} must be 1-100 letters, digits, '_', "
+                "'.' or '-'"
+            )
+        when = spec.WhichOneof("when")
+        if when == "run_at_ms":
+            if not 0 <= spec.run_at_ms < MAX_TIME_MS:
+                raise _invalid(
+                    f"{where}run_at_ms must be an epoch-millisecond time from 0 to "
+                    f"{MAX_TIME_MS - 1}, got {spec.run_at_ms}"
+                )
+            run_at = spec.run_at_ms
+        elif when == "delay_ms":
+            if not 0 <= spec.delay_ms < MAX_TIME_MS - now:
+                raise _invalid(
+                    f"{where}delay_ms must be a non-negative number of milliseconds before "
+                    f"year 10000, got {spec.delay_ms}"
+                )
+            run_at = now + spec.delay_ms
+        else:
+            run_at = now
+        key: str | None = None
+        if spec.HasField("idempotency_key"):
+            key = spec.idempotency_key
+            _check_id(f"{where}idempotency_key", key)
+        if spec.HasField("task_id"):
+            _check_id(f"{where}task_id", spec.task_id)
+            task_id = spec.task_id
+        elif key is not None:
+            task_id = idempotent_task_id(spec.lambda_name, key)
+        else:
+            task_id = _new_id()
+        policy = self._policy(spec.lambda_name, timeout)
+        if (problem := policy.check_priority(spec.priority)) is not None:
+            raise _invalid(f"{where}priority: {problem}")
+        if len(spec.payload) > policy.max_payload_bytes:
+            raise _invalid(
+                f"{where}payload is {len(spec.payload)} bytes; lambda {policy.name!r} "
+                f"accepts at most {policy.max_payload_bytes}"
+            )
+        command = ScheduleTask(
+            _new_id(),
+            task_id,
+            spec.lambda_name,
+            collection,
+            spec.priority,
+            spec.payload,
+            run_at,
+            key,
+        )
+        return _Planned(command, wait_reply=key is not None or spec.HasField("task_id"))
+
+    def _send(self, command: Command, context: grpc.ServicerContext) -> Reply:
+        try:
+            outcome = self.gateway.send(command, timeout=self._timeout(context))
+        except GatewayError as exc:
+            _gateway_abort(context, exc)
+        assert isinstance(outcome, Reply)
+        return outcome
+
+    def _schedule_all(
+        self, planned: Sequence[_Planned], timeout: float
+    ) -> list[tuple[bool, Reply | None] | GatewayError]:
+        """Send every planned schedule; per spec, ``(created, reply)`` or the error.
+
+        Fire-and-forget commands go first, all at once; waiting ones follow, each
+        as a ``QueryTask`` + ``ScheduleTask`` pair (same key, so same partition,
+        in order): the query tells whether the task existed before.
+        """
+        gateway = self.gateway
+        deadline = time.monotonic() + timeout
+        results: list[tuple[bool, Reply | None] | GatewayError | None] = [None] * len(planned)
+        quick = [i for i, p in enumerate(planned) if not p.wait_reply]
+        if quick:
+            outcomes = gateway.send_many(
+                [planned[i].command for i in quick], timeout=timeout, wait_reply=False
+            )
+            for i, outcome in zip(quick, outcomes, strict=True):
+                results[i] = outcome if isinstance(outcome, GatewayError) else (True, None)
+        slow = [i for i, p in enumerate(planned) if p.wait_reply]
+        if slow:
+            commands: list[Command] = []
+            for i in slow:
+                schedule = planned[i].command
+                commands += [QueryTask(_new_id(), schedule.task_id), schedule]
+            left = max(0.0, deadline - time.monotonic())
+            outcomes = gateway.send_many(commands, timeout=left)
+            for n, i in enumerate(slow):
+                before, reply = outcomes[2 * n], outcomes[2 * n + 1]
+                if isinstance(reply, GatewayError):
+                    results[i] = reply
+                    continue
+                assert isinstance(reply, Reply)
+                existed = isinstance(before, Reply) and before.code is not ReplyCode.NOT_FOUND
+                results[i] = (reply.accepted and not existed, reply)
+        return [r for r in results if r is not None]
+
+    # -- RPCs ------------------------------------------------------------
+
+    def Schedule(
+        self, request: frontend_pb2.ScheduleRequest, context: grpc.ServicerContext
+    ) -> frontend_pb2.ScheduleResponse:
+        timeout = self._timeout(context)
+        try:
+            planned = self._plan(request.spec, "spec.", timeout, now_ms())
+        except SpecError as exc:
+            _refuse(context, exc.status, exc.code, exc.message)
+        (outcome,) = self._schedule_all([planned], timeout)
+        if isinstance(outcome, GatewayError):
+            _gateway_abort(context, outcome)
+        created, reply = outcome
+        task_id = planned.command.task_id
+        if reply is None:
+            return frontend_pb2.ScheduleResponse(task_id=task_id, created=True)
+        if not reply.accepted:
+            _refuse(context, _status_of(reply.code), reply.code, reply.message)
+        response = frontend_pb2.ScheduleResponse(task_id=task_id, created=created)
+        if reply.task is not None:
+            response.task.CopyFrom(task_to_proto(reply.task))
+        return response
+
+    def ScheduleBatch(
+        self, request: frontend_pb2.ScheduleBatchRequest, context: grpc.ServicerContext
+    ) -> frontend_pb2.ScheduleBatchResponse:
+        if len(request.specs) > MAX_BATCH:
+            abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"specs holds {len(request.specs)} tasks; a batch takes at most {MAX_BATCH}",
+            )
+        timeout = self._timeout(context)
+        now = now_ms()
+        results: list[frontend_pb2.ScheduleResult] = []
+        planned: list[_Planned] = []
+        positions: list[int] = []
+        for index, spec in enumerate(request.specs):
+            try:
+                plan = self._plan(spec, f"specs[{index}].", timeout, now)
+            except SpecError as exc:
+                if exc.status is grpc.StatusCode.UNAVAILABLE:
+                    abort(context, exc.status, exc.message)
+                results.append(
+                    frontend_pb2.ScheduleResult(
+                        task_id=spec.task_id, code=_reply_code(exc.code), message=exc.message
+                    )
+                )
+                continue
+            results.append(frontend_pb2.ScheduleResult(task_id=plan.command.task_id))
+            planned.append(plan)
+            positions.append(index)
+        outcomes = self._schedule_all(planned, timeout)
+        unavailable = [o for o in outcomes if isinstance(o, KafkaUnavailableError)]
+        if outcomes and len(unavailable) == len(outcomes):
+            abort(context, grpc.StatusCode.UNAVAILABLE, str(unavailable[0]))
+        for index, outcome in zip(positions, outcomes, strict=True):
+            result = results[index]
+            if isinstance(outcome, GatewayError):
+                result.code = common_pb2.REPLY_CODE_UNSPECIFIED
+                result.message = str(outcome)
+                continue
+            created, reply = outcome
+            if reply is None:
+                result.created = True
+                result.code = common_pb2.REPLY_CODE_OK
+            else:
+                result.created = created
+                result.code = _reply_code(reply.code)
+                result.message = reply.message
+        return frontend_pb2.ScheduleBatchResponse(results=results)
+
+    def GetTask(
+        self, request: frontend_pb2.GetTaskRequest, context: grpc.ServicerContext
+    ) -> frontend_pb2.GetTaskResponse:
+        _require_task_id(context, request.task_id)
+        reply = self._send(QueryTask(_new_id(), request.task_id), context)
+        if not reply.accepted or reply.task is None:
+            _refuse(context, _status_of(reply.code), reply.code, reply.message)
+        return frontend_pb2.GetTaskResponse(
+            task=task_to_proto(reply.task, include_payload=request.include_payload)
+        )
+
+    def Cancel(
+        self, request: frontend_pb2.CancelRequest, context: grpc.ServicerContext
+    ) -> frontend_pb2.CancelResponse:
+        _require_task_id(context, request.task_id)
+        requested_by = request.requested_by or "frontend"
+        reply = self._send(
+            CancelTask(_new_id(), request.task_id, requested_by, request.reason), context
+        )
+        if not reply.accepted or reply.task is None:
+            status = (
+                grpc.StatusCode.FAILED_PRECONDITION
+                if reply.code is ReplyCode.UNKNOWN_LAMBDA
+                else _status_of(reply.code)
+            )
+            _refuse(context, status, reply.code, reply.message)
+        return frontend_pb2.CancelResponse(task=task_to_proto(reply.task))
+
+    def History(
+        self, request: frontend_pb2.HistoryRequest, context: grpc.ServicerContext
+    ) -> frontend_pb2.HistoryResponse:
+        abort(context, grpc.StatusCode.UNIMPLEMENTED, HISTORY_UNIMPLEMENTED)
+
+    def Watch(
+        self, request: frontend_pb2.WatchRequest, context: grpc.ServicerContext
+    ) -> Iterator[frontend_pb2.WatchResponse]:
+        abort(context, grpc.StatusCode.UNIMPLEMENTED, HISTORY_UNIMPLEMENTED)
+
+
+_STATUS = {
+    ReplyCode.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ReplyCode.UNKNOWN_LAMBDA: grpc.StatusCode.NOT_FOUND,
+    ReplyCode.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
+    ReplyCode.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    ReplyCode.WRONG_STATE: grpc.StatusCode.FAILED_PRECONDITION,
+    ReplyCode.STALE_LEASE: grpc.StatusCode.FAILED_PRECONDITION,
+    ReplyCode.CANCELLED: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def _status_of(code: ReplyCode) -> grpc.StatusCode:
+    return _STATUS.get(code, grpc.StatusCode.UNKNOWN)
+
+
+def _reply_code(code: ReplyCode) -> common_pb2.ReplyCode:
+    value: common_pb2.ReplyCode = common_pb2.ReplyCode.Value(f"REPLY_CODE_{code.name}")
+    return value
+
+
+def _refuse(
+    context: grpc.ServicerContext, status: grpc.StatusCode, code: ReplyCode, message: str
+) -> NoReturn:
+    # The precise reply code rides along, as with the HSC, so a client can tell
+    # "no such task" from "no such lambda" (both NOT_FOUND).
+    context.set_trailing_metadata(((REPLY_CODE_KEY, code.name),))
+    abort(context, status, message)
+
+
+def _gateway_abort(context: grpc.ServicerContext, error: GatewayError) -> NoReturn:
+    if isinstance(error, NoReplyError):
+        abort(
+            context,
+            grpc.StatusCode.UNAVAILABLE,
+            f"no processor answered in time: {error}",
+        )
+    if isinstance(error, KafkaUnavailableError):
+        abort(context, grpc.StatusCode.UNAVAILABLE, f"Kafka is unavailable: {error}")
+    abort(context, grpc.StatusCode.UNAVAILABLE, str(error))
+
+
+def _require_task_id(context: grpc.ServicerContext, task_id: str) -> None:
+    if not task_id:
+        abort(context, grpc.StatusCode.INVALID_ARGUMENT, "task_id is required")
+    if len(task_id) > MAX_ID_LENGTH:
+        abort(
+            context,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"task_id must be at most {MAX_ID_LENGTH} characters, got {len(task_id)}",
+        )
+
+
+def frontend_server(gateway: CommandGateway, control: ControlView, address: str) -> GrpcServer:
+    """The Frontend on ``address`` (``host:0`` picks a port), with health and reflection."""
+    service = FrontendService(gateway, control)
+    return GrpcServer(
+        "frontend",
+        address,
+        [lambda server: frontend_pb2_grpc.add_FrontendServicer_to_server(service, server)],
+        [frontend_pb2.DESCRIPTOR.services_by_name["Frontend"].full_name],
+    )
+
+
+__all__ = [
+    "HISTORY_UNIMPLEMENTED",
+    "FrontendService",
+    "frontend_server",
+    "idempotent_task_id",
+    "task_to_proto",
+]
