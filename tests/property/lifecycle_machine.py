@@ -244,8 +244,9 @@ class LifecycleMachine(RuleBasedStateMachine):
         worker=st.sampled_from(WORKERS),
         ending=st.sampled_from(["success", "retriable", "retriable", "fatal", "crash", "stall"]),
         beats=st.integers(min_value=0, max_value=2),
+        zombie=st.booleans(),
     )
-    def run_attempt(self, task_id: str, worker: str, ending: str, beats: int) -> None:
+    def run_attempt(self, task_id: str, worker: str, ending: str, beats: int, zombie: bool) -> None:
         """A whole attempt by one executor, as the happy path (or a crash) would run it."""
         lease = self._lease(task_id)
         claimed = self.apply(task_id, ClaimTask(self._command_id(), task_id, lease, worker))
@@ -256,6 +257,14 @@ class LifecycleMachine(RuleBasedStateMachine):
         started = self.apply(task_id, Heartbeat(self._command_id(), task_id, lease, worker))
         if isinstance(started, Accepted) and started.events:
             self.ledger.last_heartbeat[(task_id, lease)] = self.now
+        if zombie:
+            # An executor still holding the previous lease beats and reports.
+            old = lease - 1
+            self.apply(task_id, Heartbeat(self._command_id(), task_id, old, "zombie"))
+            self.apply(
+                task_id,
+                SetResult(self._command_id(), task_id, old, "zombie", Outcome.SUCCESS),
+            )
         for _ in range(beats):
             self.now += self.policy.heartbeat_interval_ms
             beat = self.apply(task_id, Heartbeat(self._command_id(), task_id, lease, worker))

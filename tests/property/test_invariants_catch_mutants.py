@@ -37,7 +37,7 @@ from atf_es.events.lifecycle import Input
 from tests.property.lifecycle_machine import POLICY, DecideFn, EvolveFn, LifecycleMachine
 
 SEARCH = settings(
-    max_examples=600,
+    max_examples=1_500,
     # Finding the bug is the point; shrinking it to a minimal example only costs time.
     phases=(Phase.explicit, Phase.reuse, Phase.generate),
     stateful_step_count=60,
