@@ -1,0 +1,1 @@
+"""Example apps: small, runnable lambdas that show the SDK at work."""

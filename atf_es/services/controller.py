@@ -1,0 +1,571 @@
+"""The controller: one per worker host, between the exec topics and the executors.
+
+It consumes the execution topics of the lambdas it serves (every priority)
+into local FIFO buffers, one per (lambda, priority), and answers the
+executors' ``NextWork`` long polls from them. An item is handed out only
+after the HSC accepted a ``ClaimTask`` for the asking worker; a refused claim
+(stale lease, wrong state, cancelled) means the item is a leftover from an
+earlier enqueue, and it is discarded.
+
+Priority is **strict**: ``NextWork`` always takes from the highest non-empty
+priority level, and lambdas at the same level take turns. Strict priority is
+what ATF promises ("higher runs first once ready") and what an owner can
+reason about; it can starve low levels under sustained high-priority load,
+which is the owner's capacity decision, not something to hide with weights.
+
+Offsets. The consumer group is ``<prefix>.controller`` with
+``enable.auto.offset.store=false``: an item's offset is stored (and then
+auto-committed) only once the item was claimed or discarded, and never past
+an item of the same partition still buffered or being claimed. A crashed
+controller therefore loses nothing that was read but not claimed: its
+successor reads those items again (a repeat is refused by its lease), and
+anything truly lost is re-enqueued by the processor's enqueue timeout.
+
+Flow control. Each buffer holds at most ``buffer_per_priority`` items. When
+one is full the partitions of its topic are paused (a message that arrives
+anyway is not buffered: its partition is rewound to it) and resumed once the
+buffer has drained to half, so a busy host never reads more than it can run.
+
+Threads: one poll thread owns the Kafka consumer (assignment, pause/resume,
+offset storage); gRPC handler threads only touch the buffers, under a lock,
+and report finished items back to the poll thread through a queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import grpc
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from atf_es import kafka_clients
+from atf_es._proto.atf.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from atf_es.config import Settings
+from atf_es.events import LambdaPolicy, WorkItem
+from atf_es.events.codec import DecodeError, decode_work
+from atf_es.services.control import ControlView
+from atf_es.services.grpc_server import GrpcServer, abort
+from atf_es.services.hsc import REPLY_CODE_KEY
+from atf_es.topics import Topics
+
+__all__ = ["Controller", "ControllerStats"]
+
+log = logging.getLogger(__name__)
+
+MAX_TASKS_PER_CALL = 100
+MAX_WAIT_MS = 60_000
+CLAIM_DEADLINE_S = 5.0
+CLAIM_ATTEMPTS = 3
+CLAIM_RETRY_DELAY_S = 0.1
+POLL_TIMEOUT_S = 0.05
+
+# The HSC refused the claim for good: the item is a leftover (or its task is
+# gone or cancelled). Anything else may be transient and is retried.
+_REFUSED = frozenset(
+    {
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.INVALID_ARGUMENT,
+    }
+)
+
+_Key = tuple[str, int]
+"""(lambda name, priority): one buffer, one exec topic."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Buffered:
+    item: WorkItem
+    topic: str
+    partition: int
+    offset: int
+    generation: int
+    """The assignment this item was read under; a stale one stores no offset."""
+
+
+@dataclass
+class ControllerStats:
+    """Counters an operator reads (and metrics will export)."""
+
+    received: int = 0
+    claimed: int = 0
+    discarded: int = 0
+    bad_records: int = 0
+    claim_errors: int = 0
+    pauses: int = 0
+
+
+class _PartitionOffsets:
+    """Offsets read from one partition and not yet claimed or discarded."""
+
+    __slots__ = ("next", "open", "stored")
+
+    def __init__(self) -> None:
+        self.open: set[int] = set()
+        self.next = -1
+        self.stored = -1
+
+    def read(self, offset: int) -> None:
+        self.open.add(offset)
+        self.next = max(self.next, offset + 1)
+
+    def skipped(self, offset: int) -> None:
+        self.next = max(self.next, offset + 1)
+
+    def finish(self, offset: int) -> int | None:
+        """Forget ``offset``; return the offset to store if it moved."""
+        self.open.discard(offset)
+        safe = min(self.open) if self.open else self.next
+        if safe > self.stored:
+            self.stored = safe
+            return safe
+        return None
+
+
+class Controller:
+    """Serves ``atf.v1.Controller/NextWork`` for ``lambda_names`` on ``address``."""
+
+    name = "controller"
+
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        lambda_names: list[str] | tuple[str, ...],
+        hsc_address: str,
+        *,
+        controller_id: str | None = None,
+        address: str = "127.0.0.1:0",
+        buffer_per_priority: int = 64,
+        max_workers: int = 64,
+    ) -> None:
+        if not lambda_names:
+            raise ValueError("a controller needs at least one lambda to serve")
+        if buffer_per_priority < 1:
+            raise ValueError(f"buffer_per_priority must be at least 1, got {buffer_per_priority}")
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.lambda_names = tuple(dict.fromkeys(lambda_names))
+        self.hsc_address = hsc_address
+        self.controller_id = controller_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.address = address
+        self.buffer_per_priority = buffer_per_priority
+        self.topics = Topics(settings.topic_prefix)
+        self.stats = ControllerStats()
+        self.policies: dict[str, LambdaPolicy] = {}
+        self.ready = threading.Event()
+        """Set once the consumer group gave this controller its first partitions."""
+        self.port: int | None = None
+        self.failed = False
+        """Set if the poll thread crashed: the buffers get no new work."""
+        self._max_workers = max_workers
+        self._lock = threading.Condition()
+        self._buffers: dict[_Key, deque[_Buffered]] = {}
+        self._order: list[_Key] = []  # highest priority first
+        self._turn = 0
+        self._key_of_topic: dict[str, _Key] = {}
+        self._finished: queue.SimpleQueue[_Buffered] = queue.SimpleQueue()
+        # Owned by the poll thread only.
+        self._offsets: dict[tuple[str, int], _PartitionOffsets] = {}
+        self._assigned: dict[str, set[int]] = {}
+        self._paused: set[_Key] = set()
+        self._generation = 0
+        self._consumer: Consumer | None = None
+        self._server: GrpcServer | None = None
+        self._channel: grpc.Channel | None = None
+        self._hsc: worker_pb2_grpc.HeartbeatStatusStub | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # -- lifecycle -------------------------------------------------------
+
+    def start(self) -> None:
+        """Read the policies, join the group and start serving. Raises if a lambda is unknown."""
+        if self._thread is not None:
+            return
+        self.policies = self._read_policies()
+        for lambda_name, policy in self.policies.items():
+            for priority in range(policy.priorities):
+                key = (lambda_name, priority)
+                self._buffers[key] = deque()
+                self._key_of_topic[self.topics.exec(lambda_name, priority)] = key
+        self._order = sorted(self._buffers, key=lambda k: -k[1])
+        self._channel = grpc.insecure_channel(self.hsc_address)
+        self._hsc = worker_pb2_grpc.HeartbeatStatusStub(self._channel)
+        self._consumer = kafka_clients.consumer(
+            self.bootstrap,
+            f"{self.settings.topic_prefix}.controller",
+            self.settings.kafka_config,
+            overrides={
+                "enable.auto.offset.store": False,
+                "enable.auto.commit": True,
+                "auto.commit.interval.ms": 1_000,
+                "session.timeout.ms": self.settings.session_timeout_ms,
+                "heartbeat.interval.ms": max(100, self.settings.session_timeout_ms // 10),
+                "client.id": f"controller-{self.controller_id}",
+            },
+        )
+        self._consumer.subscribe(
+            sorted(self._key_of_topic),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+        service = _ControllerService(self)
+        self._server = GrpcServer(
+            "controller",
+            self.address,
+            [lambda server: worker_pb2_grpc.add_ControllerServicer_to_server(service, server)],
+            [worker_pb2.DESCRIPTOR.services_by_name["Controller"].full_name],
+            max_workers=self._max_workers,
+        )
+        self._server.start()
+        self.port = self._server.port
+        self._thread = threading.Thread(target=self._run, name="controller-poll", daemon=True)
+        self._thread.start()
+        log.info(
+            "controller %s serving %s on port %s",
+            self.controller_id,
+            ", ".join(self.lambda_names),
+            self.port,
+        )
+
+    def stop(self, grace: float = 2.0) -> None:
+        """Stop serving and consuming; stored offsets are committed. Safe unstarted and twice."""
+        self._stop.set()
+        with self._lock:
+            self._lock.notify_all()
+        if self._server is not None:
+            self._server.stop(grace)
+            self._server = None
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(30)
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def buffered(self) -> dict[_Key, int]:
+        """How many items wait in each (lambda, priority) buffer."""
+        with self._lock:
+            return {key: len(buffer) for key, buffer in self._buffers.items()}
+
+    def _read_policies(self) -> dict[str, LambdaPolicy]:
+        control = ControlView(self.settings, self.bootstrap)
+        try:
+            control.catch_up()
+            policies = {name: control.get(name) for name in self.lambda_names}
+        finally:
+            control.close()
+        missing = sorted(name for name, policy in policies.items() if policy is None)
+        if missing:
+            raise ValueError(
+                f"lambda(s) {', '.join(map(repr, missing))} are not defined on "
+                f"{self.topics.control}; define them first (App.define)"
+            )
+        return {name: policy for name, policy in policies.items() if policy is not None}
+
+    # -- the poll thread -------------------------------------------------
+
+    def _run(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        try:
+            while not self._stop.is_set():
+                messages = consumer.consume(num_messages=500, timeout=POLL_TIMEOUT_S)
+                self._accept(consumer, messages)
+                self._store_finished(consumer)
+                self._flow_control(consumer)
+        except Exception:
+            log.exception("controller %s: the poll loop crashed", self.controller_id)
+            self.failed = True
+            raise
+        finally:
+            self._store_finished(consumer)
+            try:
+                consumer.close()  # commits the stored offsets
+            except (KafkaException, RuntimeError) as exc:
+                log.warning("closing the exec consumer: %s", exc)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._generation += 1
+        for tp in partitions:
+            self._assigned.setdefault(tp.topic, set()).add(tp.partition)
+            self._offsets[(tp.topic, tp.partition)] = _PartitionOffsets()
+        # A buffer that was full before this rebalance must not read more.
+        self._paused.clear()
+        self.ready.set()
+        log.info(
+            "controller %s assigned %s",
+            self.controller_id,
+            sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions),
+        )
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # The next owner reads these partitions from the committed offsets, so
+        # their buffered items are dropped here rather than handed out twice.
+        self._store_finished(consumer)
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        self._generation += 1
+        for topic, partition in gone:
+            self._assigned.get(topic, set()).discard(partition)
+            self._offsets.pop((topic, partition), None)
+        with self._lock:
+            for buffer in self._buffers.values():
+                kept = [b for b in buffer if (b.topic, b.partition) not in gone]
+                buffer.clear()
+                buffer.extend(kept)
+        self._paused.clear()
+        log.info("controller %s lost %d partitions", self.controller_id, len(partitions))
+
+    def _accept(self, consumer: Consumer, messages: list[Message]) -> None:
+        rewound: set[tuple[str, int]] = set()
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("exec topics: %s", error)
+                continue
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            assert topic is not None and partition is not None and offset is not None
+            if (topic, partition) in rewound:
+                continue
+            key = self._key_of_topic.get(topic)
+            offsets = self._offsets.get((topic, partition))
+            if key is None or offsets is None:
+                continue
+            value = message.value()
+            try:
+                item = decode_work(value if value is not None else b"")
+            except DecodeError as exc:
+                self.stats.bad_records += 1
+                log.warning(
+                    "%s[%d]@%d: skipping an unreadable work item: %s", topic, partition, offset, exc
+                )
+                offsets.skipped(offset)
+                self._store(consumer, topic, partition, offsets.finish(-1))
+                continue
+            with self._lock:
+                buffer = self._buffers[key]
+                full = len(buffer) >= self.buffer_per_priority
+                if not full:
+                    offsets.read(offset)
+                    buffer.append(_Buffered(item, topic, partition, offset, self._generation))
+                    self.stats.received += 1
+                    self._lock.notify()
+            if full:
+                # Paused too late for this one: read it again after the resume.
+                self._pause(consumer, key)
+                consumer.seek(TopicPartition(topic, partition, offset))
+                rewound.add((topic, partition))
+
+    def _store_finished(self, consumer: Consumer) -> None:
+        while True:
+            try:
+                done = self._finished.get_nowait()
+            except queue.Empty:
+                return
+            if done.generation != self._generation:
+                continue  # read before a rebalance: the partition's owner decides now
+            offsets = self._offsets.get((done.topic, done.partition))
+            if offsets is not None:
+                self._store(consumer, done.topic, done.partition, offsets.finish(done.offset))
+
+    def _store(self, consumer: Consumer, topic: str, partition: int, offset: int | None) -> None:
+        if offset is None:
+            return
+        try:
+            consumer.store_offsets(offsets=[TopicPartition(topic, partition, offset)])
+        except KafkaException as exc:
+            log.warning("storing offset %s[%d]@%d: %s", topic, partition, offset, exc)
+
+    def _flow_control(self, consumer: Consumer) -> None:
+        with self._lock:
+            sizes = {key: len(buffer) for key, buffer in self._buffers.items()}
+        for key, size in sizes.items():
+            if key not in self._paused and size >= self.buffer_per_priority:
+                self._pause(consumer, key)
+            elif key in self._paused and size <= self.buffer_per_priority // 2:
+                self._paused.discard(key)
+                consumer.resume(self._partitions_of(key))
+
+    def _pause(self, consumer: Consumer, key: _Key) -> None:
+        if key in self._paused:
+            return
+        self._paused.add(key)
+        self.stats.pauses += 1
+        consumer.pause(self._partitions_of(key))
+
+    def _partitions_of(self, key: _Key) -> list[TopicPartition]:
+        topic = self.topics.exec(*key)
+        return [TopicPartition(topic, p) for p in sorted(self._assigned.get(topic, ()))]
+
+    # -- serving NextWork ------------------------------------------------
+
+    def _take(self, lambdas: frozenset[str], deadline: float) -> _Buffered | None:
+        """The oldest item of the highest non-empty priority, waiting until ``deadline``."""
+        with self._lock:
+            while not self._stop.is_set():
+                found = self._pop(lambdas)
+                if found is not None:
+                    return found
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._lock.wait(remaining)
+            return None
+
+    def _pop(self, lambdas: frozenset[str]) -> _Buffered | None:
+        # Same-priority lambdas take turns: rotate the start within each level.
+        self._turn += 1
+        level: list[_Key] = []
+        for index, key in enumerate(self._order):
+            if key[0] in lambdas:
+                level.append(key)
+            last = index + 1 == len(self._order) or self._order[index + 1][1] != key[1]
+            if last and level:
+                for offset in range(len(level)):
+                    buffer = self._buffers[level[(self._turn + offset) % len(level)]]
+                    if buffer:
+                        return buffer.popleft()
+                level = []
+        return None
+
+    def _put_back(self, entry: _Buffered) -> None:
+        if entry.generation != self._generation:
+            return  # its partition moved on a rebalance; the new owner reads it again
+        with self._lock:
+            self._buffers[(entry.item.lambda_name, entry.item.priority)].appendleft(entry)
+            self._lock.notify()
+
+    def _finish(self, entry: _Buffered) -> None:
+        self._finished.put(entry)
+
+    def _claim(self, entry: _Buffered, worker: str, context: grpc.ServicerContext) -> bool | None:
+        """Claim ``entry`` for ``worker``: True claimed, False refused, None HSC unreachable."""
+        hsc = self._hsc
+        assert hsc is not None
+        request = worker_pb2.ClaimTaskRequest(
+            task_id=entry.item.task_id, lease=entry.item.lease, worker=worker
+        )
+        for attempt in range(CLAIM_ATTEMPTS):
+            remaining = context.time_remaining()
+            timeout = CLAIM_DEADLINE_S if remaining is None else min(CLAIM_DEADLINE_S, remaining)
+            if timeout <= 0 or self._stop.is_set():
+                return None
+            try:
+                hsc.ClaimTask(request, timeout=timeout)
+            except grpc.RpcError as error:
+                code = error.code()
+                if code in _REFUSED:
+                    reply_code = dict(error.trailing_metadata() or ()).get(REPLY_CODE_KEY)
+                    log.debug(
+                        "discarding %s lease %d: %s (%s)",
+                        entry.item.task_id,
+                        entry.item.lease,
+                        reply_code or code.name,
+                        error.details(),
+                    )
+                    return False
+                with self._lock:
+                    self.stats.claim_errors += 1
+                log.warning(
+                    "claiming %s lease %d (try %d of %d): %s %s",
+                    entry.item.task_id,
+                    entry.item.lease,
+                    attempt + 1,
+                    CLAIM_ATTEMPTS,
+                    code.name,
+                    error.details(),
+                )
+                # A retry by the same worker is accepted even if the first claim
+                # went through and only its reply was lost.
+                if self._stop.wait(CLAIM_RETRY_DELAY_S * 2**attempt):
+                    return None
+                continue
+            return True
+        return None
+
+    def next_work(
+        self, request: worker_pb2.NextWorkRequest, context: grpc.ServicerContext
+    ) -> worker_pb2.NextWorkResponse:
+        if not request.worker:
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, "worker is required")
+        if request.max_tasks < 0 or request.wait_ms < 0:
+            abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "max_tasks and wait_ms must not be negative",
+            )
+        unknown = sorted(set(request.lambda_names) - set(self.lambda_names))
+        if unknown:
+            abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"this controller does not serve {', '.join(map(repr, unknown))}; "
+                f"it serves {', '.join(map(repr, self.lambda_names))}",
+            )
+        lambdas = frozenset(request.lambda_names or self.lambda_names)
+        max_tasks = min(max(request.max_tasks, 1), MAX_TASKS_PER_CALL)
+        wait = min(request.wait_ms, MAX_WAIT_MS) / 1000
+        remaining = context.time_remaining()
+        if remaining is not None:
+            wait = min(wait, max(0.0, remaining - 0.1))
+        deadline = time.monotonic() + wait
+        items: list[common_pb2.WorkItem] = []
+        while len(items) < max_tasks and context.is_active():
+            # Wait only for the first item; then take what is already there.
+            entry = self._take(lambdas, deadline if not items else 0.0)
+            if entry is None:
+                break
+            claimed = self._claim(entry, request.worker, context)
+            if claimed is None:
+                self._put_back(entry)
+                break
+            self._finish(entry)
+            with self._lock:
+                if claimed:
+                    self.stats.claimed += 1
+                else:
+                    self.stats.discarded += 1
+            if claimed:
+                items.append(_to_proto(entry.item))
+        if items and not context.is_active():
+            log.warning(
+                "worker %s left before receiving %d claimed tasks; their claim timeout "
+                "will enqueue them again",
+                request.worker,
+                len(items),
+            )
+        return worker_pb2.NextWorkResponse(items=items)
+
+
+def _to_proto(item: WorkItem) -> common_pb2.WorkItem:
+    return common_pb2.WorkItem(
+        task_id=item.task_id,
+        lease=item.lease,
+        lambda_name=item.lambda_name,
+        collection=item.collection,
+        priority=item.priority,
+        payload=item.payload,
+        scheduled_at_ms=item.scheduled_at,
+        enqueued_at_ms=item.enqueued_at,
+        attempt=item.attempt,
+    )
+
+
+class _ControllerService(worker_pb2_grpc.ControllerServicer):  # type: ignore[misc]
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+
+    def NextWork(
+        self, request: worker_pb2.NextWorkRequest, context: grpc.ServicerContext
+    ) -> worker_pb2.NextWorkResponse:
+        return self.controller.next_work(request, context)

@@ -1,0 +1,489 @@
+"""The executor: runs one lambda's callbacks on a pool of threads.
+
+Each thread loops ``w = next_work(); run(w)``, as in ATF. Running a task:
+
+1. a first ``Heartbeat`` moves it from claimed to processing; the callback is
+   called only after the HSC accepted it;
+2. while the callback runs, a heartbeat thread beats every
+   ``heartbeat_interval_ms``, each RPC with a deadline of half the smaller of
+   the interval and the margin;
+3. the callback's outcome is reported with ``SetResults``.
+
+A heartbeat answered "cancelled" or "stale lease" sets ``task.cancelled``;
+the callback should stop, and nothing is reported (the task is no longer
+ours to finish). **Three consecutive failed heartbeats end the process**
+(``os._exit(EXIT_HEARTBEAT_LOST)``): the HSC may be unable to record our
+heartbeats, so the processor will soon give the task to someone else, and
+exiting within 3 intervals plus one RPC deadline of the last good heartbeat
+-- less than ``heartbeat_timeout_ms``, which the policy checks -- is what
+keeps a task from ever running twice at once. Run executors under a
+supervisor that restarts them. ``on_heartbeats_lost`` replaces the exit in
+tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from types import FrameType
+
+import grpc
+
+from atf_es._proto.atf.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from atf_es.app import App, Callback, FatalError, RetriableError, TaskContext
+from atf_es.events import FailureKind, LambdaPolicy, Outcome
+from atf_es.services.hsc import REPLY_CODE_KEY
+
+__all__ = [
+    "EXIT_HEARTBEAT_LOST",
+    "HEARTBEATS_LOST_AFTER",
+    "Executor",
+    "ExecutorStats",
+    "exit_on_heartbeats_lost",
+]
+
+log = logging.getLogger(__name__)
+
+EXIT_HEARTBEAT_LOST = 75
+"""Exit status after 3 failed heartbeats (EX_TEMPFAIL: restart me)."""
+HEARTBEATS_LOST_AFTER = 3
+MAX_ERROR_CHARS = 4_000
+NEXT_WORK_WAIT_MS = 5_000
+RESULT_ATTEMPTS = 5
+RESULT_DEADLINE_S = 10.0
+
+# The HSC answered: this task is not ours to run any more.
+_STOP_CODES = frozenset(
+    {
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.INVALID_ARGUMENT,
+    }
+)
+_OUTCOME_PROTO = {
+    Outcome.SUCCESS: worker_pb2.OUTCOME_SUCCESS,
+    Outcome.RETRIABLE: worker_pb2.OUTCOME_RETRIABLE,
+    Outcome.FATAL: worker_pb2.OUTCOME_FATAL,
+}
+
+
+def exit_on_heartbeats_lost(task: TaskContext) -> None:
+    """The default reaction to 3 failed heartbeats: end the process at once."""
+    log.critical(
+        "%d consecutive heartbeats of task %s (lease %d) failed; exiting with status %d so "
+        "that it can never run twice at once",
+        HEARTBEATS_LOST_AFTER,
+        task.task_id,
+        task.lease,
+        EXIT_HEARTBEAT_LOST,
+    )
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_HEARTBEAT_LOST)
+
+
+@dataclass
+class ExecutorStats:
+    """Counters an operator reads (and metrics will export)."""
+
+    started: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    stopped: int = 0
+    """Tasks whose work stopped because they were cancelled or their lease was lost."""
+    not_started: int = 0
+    heartbeats: int = 0
+    heartbeat_failures: int = 0
+    heartbeats_lost: int = 0
+    unreported: int = 0
+
+
+class _Beat(Enum):
+    OK = "ok"
+    STOP = "stop"
+    FAILED = "failed"
+
+
+class Executor:
+    """Runs ``lambda_name`` of ``app`` with ``threads`` worker threads."""
+
+    name = "executor"
+
+    def __init__(
+        self,
+        app: App,
+        lambda_name: str,
+        controller_address: str,
+        hsc_address: str,
+        *,
+        threads: int = 4,
+        worker_id: str | None = None,
+        wait_ms: int = NEXT_WORK_WAIT_MS,
+        on_heartbeats_lost: Callable[[TaskContext], object] = exit_on_heartbeats_lost,
+    ) -> None:
+        registered = app.lambdas.get(lambda_name)
+        if registered is None:
+            known = ", ".join(sorted(app.lambdas)) or "none"
+            raise ValueError(f"app {app.name!r} has no lambda {lambda_name!r} (it has: {known})")
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        if wait_ms < 1:
+            raise ValueError(f"wait_ms must be positive, got {wait_ms}")
+        self.policy: LambdaPolicy = registered.policy
+        _check_heartbeat_policy(self.policy)
+        self.fn: Callback = registered.fn
+        self.lambda_name = lambda_name
+        self.controller_address = controller_address
+        self.hsc_address = hsc_address
+        self.threads = threads
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.wait_ms = wait_ms
+        self.on_heartbeats_lost = on_heartbeats_lost
+        self.heartbeat_deadline = (
+            min(self.policy.heartbeat_interval_ms, self.policy.heartbeat_margin_ms) / 2 / 1000
+        )
+        self.stats = ExecutorStats()
+        self._stats_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._calls: set[grpc.Future] = set()
+        self._running: dict[str, TaskContext] = {}
+        self._lock = threading.Lock()
+        self._controller_channel: grpc.Channel | None = None
+        self._hsc_channel: grpc.Channel | None = None
+        self._controller: worker_pb2_grpc.ControllerStub | None = None
+        self._hsc: worker_pb2_grpc.HeartbeatStatusStub | None = None
+
+    # -- lifecycle -------------------------------------------------------
+
+    def start(self) -> None:
+        if self._threads or self._stopping.is_set():
+            return
+        self._controller_channel = grpc.insecure_channel(self.controller_address)
+        self._hsc_channel = grpc.insecure_channel(self.hsc_address)
+        self._controller = worker_pb2_grpc.ControllerStub(self._controller_channel)
+        self._hsc = worker_pb2_grpc.HeartbeatStatusStub(self._hsc_channel)
+        for index in range(self.threads):
+            thread = threading.Thread(
+                target=self._work_loop,
+                args=(f"{self.worker_id}.{index}",),
+                name=f"executor-{self.lambda_name}-{index}",
+                daemon=True,
+            )
+            thread.start()
+            self._threads.append(thread)
+        log.info(
+            "executor %s runs %s with %d threads (controller %s, hsc %s)",
+            self.worker_id,
+            self.lambda_name,
+            self.threads,
+            self.controller_address,
+            self.hsc_address,
+        )
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Take no more work; give running tasks ``grace`` seconds, then ask them to stop.
+
+        Safe unstarted and twice. A task still running when this returns is
+        not reported; its heartbeat timeout gives it to another executor.
+        """
+        self._stopping.set()
+        with self._lock:
+            calls = list(self._calls)
+        for call in calls:
+            call.cancel()
+        deadline = time.monotonic() + grace
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            running = list(self._running.values())
+        for task in running:
+            task.cancelled.set()
+        for thread in self._threads:
+            thread.join(max(1.0, deadline - time.monotonic()))
+        for channel in (self._controller_channel, self._hsc_channel):
+            if channel is not None:
+                channel.close()
+        self._controller_channel = self._hsc_channel = None
+
+    def run_forever(self) -> None:
+        """Run until SIGTERM or SIGINT (or ``stop()`` from another thread)."""
+        done = threading.Event()
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            log.info("executor %s: signal %d, stopping", self.worker_id, signum)
+            done.set()
+
+        restore: list[tuple[signal.Signals, object]] = []
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                restore.append((sig, signal.signal(sig, on_signal)))
+        self.start()
+        try:
+            while not done.wait(0.5) and not self._stopping.is_set():
+                pass
+        finally:
+            self.stop()
+            for sig, previous in restore:
+                signal.signal(sig, previous)  # type: ignore[arg-type]
+
+    # -- the worker threads ----------------------------------------------
+
+    def _count(self, **increments: int) -> None:
+        with self._stats_lock:
+            for name, value in increments.items():
+                setattr(self.stats, name, getattr(self.stats, name) + value)
+
+    def _work_loop(self, worker: str) -> None:
+        errors = 0
+        while not self._stopping.is_set():
+            try:
+                items = self._next_work(worker)
+            except (grpc.RpcError, grpc.FutureCancelledError) as exc:
+                if self._stopping.is_set():
+                    return
+                errors += 1
+                delay = min(5.0, 0.05 * 2**errors)
+                log.warning("NextWork failed (%s); retrying in %.1fs", _describe_rpc(exc), delay)
+                self._stopping.wait(delay)
+                continue
+            errors = 0
+            for item in items:
+                self._run(item, worker)
+
+    def _next_work(self, worker: str) -> list[common_pb2.WorkItem]:
+        controller = self._controller
+        assert controller is not None
+        request = worker_pb2.NextWorkRequest(
+            worker=worker, max_tasks=1, wait_ms=self.wait_ms, lambda_names=[self.lambda_name]
+        )
+        call = controller.NextWork.future(request, timeout=self.wait_ms / 1000 + 10)
+        with self._lock:
+            self._calls.add(call)
+        try:
+            if self._stopping.is_set():
+                call.cancel()
+            return list(call.result().items)
+        finally:
+            with self._lock:
+                self._calls.discard(call)
+
+    def _run(self, item: common_pb2.WorkItem, worker: str) -> None:
+        task = TaskContext(
+            task_id=item.task_id,
+            lease=item.lease,
+            attempt=item.attempt,
+            lambda_name=item.lambda_name,
+            collection=item.collection,
+            priority=item.priority,
+            payload=item.payload,
+        )
+        if not self._start_task(task, worker):
+            self._count(not_started=1)
+            return
+        self._count(started=1)
+        with self._lock:
+            self._running[task.task_id] = task
+        finished = threading.Event()
+        beats = threading.Thread(
+            target=self._heartbeat_loop,
+            args=(task, worker, finished),
+            name=f"heartbeat-{task.task_id}",
+            daemon=True,
+        )
+        beats.start()
+        try:
+            outcome, error, result = self._call(task)
+        finally:
+            finished.set()
+            beats.join()
+            with self._lock:
+                self._running.pop(task.task_id, None)
+        if task.cancelled.is_set():
+            self._count(stopped=1)
+            log.info(
+                "task %s (lease %d) stopped: cancelled or no longer ours; nothing reported",
+                task.task_id,
+                task.lease,
+            )
+            return
+        self._report(task, worker, outcome, error, result)
+
+    def _start_task(self, task: TaskContext, worker: str) -> bool:
+        """The first heartbeat, claimed -> processing; the callback runs only after it."""
+        for attempt in range(HEARTBEATS_LOST_AFTER):
+            beat = self._beat(task, worker)
+            if beat is _Beat.OK:
+                return True
+            if beat is _Beat.STOP:
+                return False
+            if self._stopping.wait(self.policy.heartbeat_interval_ms / 1000 / 3 * (attempt + 1)):
+                break
+        log.warning(
+            "task %s (lease %d) not started: its first heartbeat failed; its claim timeout "
+            "will enqueue it again",
+            task.task_id,
+            task.lease,
+        )
+        return False
+
+    def _beat(self, task: TaskContext, worker: str) -> _Beat:
+        hsc = self._hsc
+        assert hsc is not None
+        request = worker_pb2.HeartbeatRequest(task_id=task.task_id, lease=task.lease, worker=worker)
+        try:
+            hsc.Heartbeat(request, timeout=self.heartbeat_deadline)
+        except grpc.RpcError as error:
+            code = error.code()
+            if code in _STOP_CODES:
+                reason = dict(error.trailing_metadata() or ()).get(REPLY_CODE_KEY, code.name)
+                log.info(
+                    "task %s (lease %d) must stop: %s (%s)",
+                    task.task_id,
+                    task.lease,
+                    reason,
+                    error.details(),
+                )
+                return _Beat.STOP
+            self._count(heartbeat_failures=1)
+            log.warning("heartbeat of task %s failed: %s", task.task_id, _describe_rpc(error))
+            return _Beat.FAILED
+        self._count(heartbeats=1)
+        return _Beat.OK
+
+    def _heartbeat_loop(self, task: TaskContext, worker: str, finished: threading.Event) -> None:
+        interval = self.policy.heartbeat_interval_ms / 1000
+        failures = 0
+        next_at = time.monotonic() + interval
+        while not finished.wait(max(0.0, next_at - time.monotonic())):
+            next_at += interval
+            beat = self._beat(task, worker)
+            if beat is _Beat.OK:
+                failures = 0
+            elif beat is _Beat.STOP:
+                task.cancelled.set()
+                return
+            else:
+                failures += 1
+                if failures >= HEARTBEATS_LOST_AFTER:
+                    task.cancelled.set()
+                    self._count(heartbeats_lost=1)
+                    self.on_heartbeats_lost(task)
+                    return
+
+    def _call(self, task: TaskContext) -> tuple[Outcome, str | None, bytes | None]:
+        try:
+            value = self.fn(task)
+            if value is None or isinstance(value, bytes):
+                return Outcome.SUCCESS, None, value
+            if isinstance(value, str):
+                return Outcome.SUCCESS, None, value.encode("utf-8")
+            raise TypeError(
+                f"lambda {self.lambda_name!r} returned a {type(value).__name__}; "
+                "return bytes, str or None"
+            )
+        except RetriableError as exc:
+            return Outcome.RETRIABLE, _describe(exc), None
+        except FatalError as exc:
+            return Outcome.FATAL, _describe(exc), None
+        except Exception as exc:
+            if not task.cancelled.is_set():
+                log.exception("task %s failed with an unexpected error", task.task_id)
+            outcome = (
+                Outcome.FATAL
+                if self.policy.default_failure is FailureKind.FATAL
+                else Outcome.RETRIABLE
+            )
+            return outcome, _describe(exc), None
+
+    def _report(
+        self,
+        task: TaskContext,
+        worker: str,
+        outcome: Outcome,
+        error: str | None,
+        result: bytes | None,
+    ) -> None:
+        hsc = self._hsc
+        assert hsc is not None
+        request = worker_pb2.SetResultsRequest(
+            results=[
+                worker_pb2.TaskResult(
+                    task_id=task.task_id,
+                    lease=task.lease,
+                    worker=worker,
+                    outcome=_OUTCOME_PROTO[outcome],
+                    error=error,
+                    result=result,
+                )
+            ]
+        )
+        for attempt in range(RESULT_ATTEMPTS):
+            try:
+                response = hsc.SetResults(request, timeout=RESULT_DEADLINE_S)
+            except grpc.RpcError as exc:
+                problem = _describe_rpc(exc)
+            else:
+                reply = response.replies[0]
+                if reply.code == common_pb2.REPLY_CODE_OK:
+                    self._count(**{"succeeded" if outcome is Outcome.SUCCESS else "failed": 1})
+                    return
+                if reply.code != common_pb2.REPLY_CODE_UNSPECIFIED:
+                    self._count(unreported=1)
+                    log.warning(
+                        "the %s result of task %s (lease %d) was refused: %s",
+                        outcome,
+                        task.task_id,
+                        task.lease,
+                        reply.message,
+                    )
+                    return
+                problem = reply.message
+            log.warning(
+                "reporting task %s (try %d of %d) failed: %s",
+                task.task_id,
+                attempt + 1,
+                RESULT_ATTEMPTS,
+                problem,
+            )
+            time.sleep(min(2.0, 0.1 * 2**attempt))
+        self._count(unreported=1)
+        log.error(
+            "gave up reporting task %s (lease %d); its heartbeat timeout will run it again",
+            task.task_id,
+            task.lease,
+        )
+
+
+def _check_heartbeat_policy(policy: LambdaPolicy) -> None:
+    floor = HEARTBEATS_LOST_AFTER * policy.heartbeat_interval_ms + policy.heartbeat_margin_ms
+    if policy.heartbeat_timeout_ms <= floor:
+        raise ValueError(
+            f"lambda {policy.name!r}: heartbeat_timeout_ms ({policy.heartbeat_timeout_ms}) "
+            f"must exceed {HEARTBEATS_LOST_AFTER} x heartbeat_interval_ms + "
+            f"heartbeat_margin_ms = {floor}, or a task could run twice at once"
+        )
+
+
+def _describe(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[: MAX_ERROR_CHARS - 15] + "... [truncated]"
+    return text
+
+
+def _describe_rpc(exc: BaseException) -> str:
+    if isinstance(exc, grpc.RpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return type(exc).__name__

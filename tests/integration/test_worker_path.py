@@ -1,0 +1,403 @@
+"""The worker path end to end: processor, HSC, controller and executor, all real.
+
+A task scheduled through the command gateway is enqueued by a real processor
+on a real broker, buffered and claimed by a real controller over gRPC, and
+run by an in-process executor whose outcome goes back through the HSC. Only
+``on_heartbeats_lost`` is replaced (by a recorder), so the test process
+survives what would end an executor process.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pytest
+
+from atf_es.app import App, FatalError, RetriableError, TaskContext
+from atf_es.clock import now_ms
+from atf_es.config import Settings
+from atf_es.events import CancelTask, QueryTask, ScheduleTask, Task, TaskStatus
+from atf_es.events.replies import Reply
+from atf_es.services.controller import Controller
+from atf_es.services.executor import EXIT_HEARTBEAT_LOST, Executor
+from atf_es.services.gateway import CommandGateway
+from atf_es.services.grpc_server import GrpcServer
+from atf_es.services.hsc import hsc_server
+from atf_es.services.processor import Processor
+from tests.helpers import wait_for
+from tests.kafka_harness import prepare
+
+pytestmark = pytest.mark.integration
+
+# 3 x 400 ms + 600 ms = 1800 ms < 2500 ms; heartbeat RPC deadline 200 ms.
+FAST: dict[str, Any] = {
+    "heartbeat_interval_ms": 400,
+    "heartbeat_timeout_ms": 2_500,
+    "heartbeat_margin_ms": 600,
+    "backoff_base_ms": 100,
+    "backoff_max_ms": 500,
+    "claim_timeout_ms": 5_000,
+}
+
+
+@dataclass
+class Recorder:
+    """What the test app's callbacks saw."""
+
+    order: list[int] = field(default_factory=list)
+    started: threading.Event = field(default_factory=threading.Event)
+    saw_cancel: threading.Event = field(default_factory=threading.Event)
+    attempts: list[int] = field(default_factory=list)
+
+
+def make_app(recorder: Recorder) -> App:
+    app = App("worker-path-test")
+
+    @app.lambda_("ok", **FAST)
+    def ok(task: TaskContext) -> bytes:
+        return b"done:" + task.payload
+
+    @app.lambda_("flaky", **FAST)
+    def flaky(task: TaskContext) -> str:
+        recorder.attempts.append(task.attempt)
+        if task.attempt < 1:
+            raise RetriableError("not yet")
+        return f"ok on attempt {task.attempt}"
+
+    @app.lambda_("fatal", **FAST)
+    def fatal(task: TaskContext) -> None:
+        raise FatalError(f"cannot handle {task.payload.decode()}")
+
+    @app.lambda_("failing", **{**FAST, "max_attempts": 2})
+    def failing(task: TaskContext) -> None:
+        raise RetriableError(f"broken on attempt {task.attempt}")
+
+    @app.lambda_("requeued", **{**FAST, "enqueue_timeout_ms": 1_500})
+    def requeued(task: TaskContext) -> None:
+        return None
+
+    @app.lambda_("ordered", priorities=3, **FAST)
+    def ordered(task: TaskContext) -> None:
+        recorder.order.append(task.priority)
+
+    @app.lambda_("looping", **FAST)
+    def looping(task: TaskContext) -> str:
+        recorder.started.set()
+        while not task.cancelled.wait(0.02):
+            pass
+        recorder.saw_cancel.set()
+        return "finished anyway"  # must not be recorded: the task was cancelled
+
+    return app
+
+
+@dataclass
+class System:
+    settings: Settings
+    gateway: CommandGateway
+    hsc: GrpcServer
+    app: App
+    recorder: Recorder
+    controller: Controller = field(init=False)
+    executors: list[Executor] = field(default_factory=list)
+    controllers: list[Controller] = field(default_factory=list)
+    unexpected_losses: list[TaskContext] = field(default_factory=list)
+
+    @property
+    def hsc_address(self) -> str:
+        return f"127.0.0.1:{self.hsc.port}"
+
+    def executor(self, lambda_name: str, **options: Any) -> Executor:
+        # Never the real exit in-process: it would end the whole test session.
+        executor = Executor(
+            self.app,
+            lambda_name,
+            f"127.0.0.1:{self.controller.port}",
+            self.hsc_address,
+            **{
+                "threads": 2,
+                "wait_ms": 1_000,
+                "on_heartbeats_lost": self.unexpected_losses.append,
+                **options,
+            },
+        )
+        self.executors.append(executor)
+        executor.start()
+        return executor
+
+    def schedule(self, lambda_name: str, payload: bytes = b"", priority: int = 0) -> str:
+        task_id = uuid.uuid4().hex
+        reply = self.gateway.send(
+            ScheduleTask(
+                uuid.uuid4().hex, task_id, lambda_name, "default", priority, payload, now_ms()
+            )
+        )
+        assert isinstance(reply, Reply) and reply.accepted, reply
+        return task_id
+
+    def task(self, task_id: str) -> Task:
+        reply = self.gateway.send(QueryTask(uuid.uuid4().hex, task_id))
+        assert isinstance(reply, Reply) and reply.task is not None, reply
+        return reply.task
+
+    def wait_status(self, task_id: str, status: TaskStatus, timeout: float = 20.0) -> Task:
+        seen: list[Task] = []
+
+        def reached() -> Task | None:
+            task = self.task(task_id)
+            seen[:] = [task]
+            return task if task.status is status else None
+
+        try:
+            found = wait_for(reached, timeout, f"task {task_id} to be {status}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last seen: {seen}") from None
+        assert found is not None
+        return found
+
+    def start_controller(self, **options: Any) -> Controller:
+        assert self.settings.kafka_bootstrap is not None
+        controller = Controller(
+            self.settings,
+            self.settings.kafka_bootstrap,
+            list(self.app.lambdas),
+            self.hsc_address,
+            **{"controller_id": "test-controller", **options},
+        )
+        self.controllers.append(controller)
+        controller.start()
+        assert controller.ready.wait(30), "the controller did not join its group"
+        return controller
+
+
+@pytest.fixture
+def system(settings: Settings, request: pytest.FixtureRequest) -> Iterator[System]:
+    """Processor, gateway, HSC and a controller; ``request.param`` may set
+    ``app`` (default: the test app) and ``controller`` options."""
+    options: dict[str, Any] = getattr(request, "param", {})
+    small = replace(settings, partitions=2)
+    recorder = Recorder()
+    app: App = options.get("app") or make_app(recorder)
+    prepare(small, *(policy for policy, _ in app.lambdas.values()))
+    assert small.kafka_bootstrap is not None
+    processor = Processor(small, small.kafka_bootstrap, instance_id="worker-path")
+    gateway = CommandGateway(small, small.kafka_bootstrap)
+    hsc = hsc_server(gateway, "127.0.0.1:0")
+    built = System(small, gateway, hsc, app, recorder)
+    try:
+        processor.start()
+        hsc.start()
+        built.controller = built.start_controller(**options.get("controller", {}))
+        assert processor.ready.wait(30), "the processor did not join its group"
+        yield built
+        assert not built.unexpected_losses, "heartbeats were lost while the HSC was up"
+    finally:
+        for executor in built.executors:
+            executor.stop(grace=2)
+        for controller in built.controllers:
+            controller.stop()
+            controller.stop()
+        hsc.stop()
+        gateway.close()
+        processor.stop()
+
+
+def test_a_task_runs_and_succeeds_with_its_result(system: System) -> None:
+    executor = system.executor("ok")
+    task_id = system.schedule("ok", b"hello")
+    task = system.wait_status(task_id, TaskStatus.SUCCESS)
+    assert task.result == b"done:hello"
+    assert task.attempts == 1
+    assert task.worker is not None and task.worker.startswith(executor.worker_id)
+    wait_for(lambda: executor.stats.succeeded == 1, 5, "the executor to count the success")
+    assert executor.stats.heartbeat_failures == 0
+
+
+def test_a_retriable_error_is_retried_until_success(system: System) -> None:
+    system.executor("flaky")
+    task_id = system.schedule("flaky")
+    task = system.wait_status(task_id, TaskStatus.SUCCESS)
+    assert task.attempts == 2
+    assert task.result == b"ok on attempt 1"
+    assert system.recorder.attempts == [0, 1]
+
+
+def test_a_fatal_error_ends_the_task_with_its_message(system: System) -> None:
+    system.executor("fatal")
+    task_id = system.schedule("fatal", b"this payload")
+    task = system.wait_status(task_id, TaskStatus.FATAL_FAILURE)
+    assert task.last_error == "FatalError: cannot handle this payload"
+    assert task.attempts == 1
+
+
+def test_a_task_failing_every_attempt_is_dead_lettered(system: System) -> None:
+    executor = system.executor("failing")
+    task_id = system.schedule("failing")
+    task = system.wait_status(task_id, TaskStatus.DEAD_LETTERED)
+    assert task.attempts == 2
+    assert task.last_error == "RetriableError: broken on attempt 1"
+    wait_for(lambda: executor.stats.failed == 2, 5, "two failed attempts to be reported")
+
+
+def test_buffered_tasks_run_highest_priority_first(system: System) -> None:
+    task_ids = [system.schedule("ordered", priority=p) for p in (0, 1, 2)]
+    wait_for(
+        lambda: all(system.controller.buffered()[("ordered", p)] == 1 for p in (0, 1, 2)),
+        20,
+        "the controller to buffer one task per priority",
+    )
+    system.executor("ordered", threads=1)
+    for task_id in task_ids:
+        system.wait_status(task_id, TaskStatus.SUCCESS)
+    assert system.recorder.order == [2, 1, 0]
+
+
+def test_cancelling_a_running_task_stops_it_at_its_next_heartbeat(system: System) -> None:
+    executor = system.executor("looping")
+    task_id = system.schedule("looping")
+    assert system.recorder.started.wait(20), "the callback did not start"
+    system.wait_status(task_id, TaskStatus.PROCESSING)
+    reply = system.gateway.send(CancelTask(uuid.uuid4().hex, task_id, "test", "not needed"))
+    assert isinstance(reply, Reply) and reply.accepted, reply
+    interval = FAST["heartbeat_interval_ms"] / 1000
+    assert system.recorder.saw_cancel.wait(interval + 5), "the callback never saw the cancel"
+    wait_for(lambda: executor.stats.stopped == 1, 5, "the executor to drop the task")
+    task = system.task(task_id)
+    assert task.status is TaskStatus.CANCELLED
+    assert task.result is None
+    assert executor.stats.succeeded == 0
+
+
+def test_three_failed_heartbeats_end_the_work(system: System) -> None:
+    lost: list[tuple[str, float]] = []
+    lost_event = threading.Event()
+
+    def on_lost(task: TaskContext) -> None:
+        lost.append((task.task_id, time.monotonic()))
+        lost_event.set()
+
+    executor = system.executor("looping", threads=1, on_heartbeats_lost=on_lost)
+    task_id = system.schedule("looping")
+    assert system.recorder.started.wait(20), "the callback did not start"
+    system.wait_status(task_id, TaskStatus.PROCESSING)
+    good = executor.stats.heartbeats
+    wait_for(lambda: executor.stats.heartbeats > good, 5, "a heartbeat after the start")
+    system.hsc.stop(grace=0)
+    stopped_at = time.monotonic()
+    assert lost_event.wait(10), "on_heartbeats_lost was not called"
+    (lost_task, lost_at), *more = lost
+    assert lost_task == task_id and not more
+    assert executor.stats.heartbeat_failures == 3
+    assert executor.stats.heartbeats_lost == 1
+    # The invariant: the work stops before the heartbeat timeout could hand the
+    # task to someone else (measured from the HSC stop, after the last good beat).
+    assert (lost_at - stopped_at) * 1000 < FAST["heartbeat_timeout_ms"]
+    assert system.recorder.saw_cancel.wait(5), "the callback was not told to stop"
+    wait_for(lambda: executor.stats.stopped == 1, 5, "the executor to drop the task")
+    assert executor.stats.succeeded == 0
+
+
+@pytest.mark.parametrize("system", [{"controller": {"buffer_per_priority": 2}}], indirect=True)
+def test_a_full_buffer_pauses_reading_and_loses_nothing(system: System) -> None:
+    task_ids = [system.schedule("ok", str(n).encode()) for n in range(7)]
+    wait_for(
+        lambda: system.controller.buffered()[("ok", 0)] == 2 and system.controller.stats.pauses,
+        20,
+        "the controller to fill its buffer and pause",
+    )
+    system.executor("ok", threads=1)
+    for n, task_id in enumerate(task_ids):
+        assert system.wait_status(task_id, TaskStatus.SUCCESS).result == f"done:{n}".encode()
+    assert system.controller.buffered()[("ok", 0)] == 0
+    assert system.controller.stats.claimed == 7
+
+
+def test_a_restarted_controller_rereads_exactly_the_unclaimed_items(system: System) -> None:
+    first = system.executor("ok")
+    done = [system.schedule("ok") for _ in range(2)]
+    for task_id in done:
+        system.wait_status(task_id, TaskStatus.SUCCESS)
+    first.stop(grace=2)
+    waiting = [system.schedule("ok") for _ in range(3)]
+    wait_for(lambda: system.controller.buffered()[("ok", 0)] == 3, 20, "the controller to buffer 3")
+    system.controller.stop()  # claimed offsets are committed; buffered ones are not
+    successor = system.start_controller(controller_id="successor")
+    wait_for(lambda: successor.stats.received >= 3, 20, "the successor to read the 3 again")
+    system.controller = successor
+    system.executor("ok")
+    for task_id in waiting:
+        system.wait_status(task_id, TaskStatus.SUCCESS)
+    # The two claimed before the restart were not read again.
+    assert (successor.stats.received, successor.stats.claimed) == (3, 3)
+    assert successor.stats.discarded == 0
+
+
+def test_a_leftover_with_a_stale_lease_is_discarded(system: System) -> None:
+    # Nobody claims the first enqueue in time, so the processor enqueues the
+    # task again with a new lease; the first copy must not run.
+    task_id = system.schedule("requeued")
+    wait_for(
+        lambda: system.controller.buffered()[("requeued", 0)] == 2,
+        20,
+        "the controller to hold both enqueues",
+    )
+    executor = system.executor("requeued", threads=1)
+    task = system.wait_status(task_id, TaskStatus.SUCCESS)
+    assert task.attempts == 1 and task.lease >= 2
+    wait_for(lambda: system.controller.stats.discarded >= 1, 5, "the stale copy to be discarded")
+    assert executor.stats.started == 1
+
+
+def demo_app() -> App:
+    from atf_es.examples.demo import app
+
+    return app
+
+
+@pytest.mark.parametrize("system", [{"app": demo_app()}], indirect=True)
+def test_the_demo_app_shows_every_outcome(system: System) -> None:
+    for name in ("echo", "flaky", "reject", "broken"):
+        system.executor(name, threads=1)
+    echo = system.schedule("echo", b"hi")
+    flaky = system.schedule("flaky")
+    reject = system.schedule("reject", b"x")
+    broken = system.schedule("broken")
+    assert system.wait_status(echo, TaskStatus.SUCCESS).result == b"hi"
+    assert system.wait_status(flaky, TaskStatus.SUCCESS).attempts == 3
+    assert system.wait_status(reject, TaskStatus.FATAL_FAILURE).last_error is not None
+    assert system.wait_status(broken, TaskStatus.DEAD_LETTERED).attempts == 3
+
+
+@pytest.mark.parametrize("system", [{"app": demo_app()}], indirect=True)
+def test_an_executor_process_exits_after_three_failed_heartbeats(system: System) -> None:
+    script = (
+        "import logging, sys\n"
+        "from atf_es.examples.demo import app\n"
+        "from atf_es.services.executor import Executor\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        "Executor(app, 'slow', sys.argv[1], sys.argv[2], threads=1).run_forever()\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, f"127.0.0.1:{system.controller.port}", system.hsc_address],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        task_id = system.schedule("slow", b"60")
+        system.wait_status(task_id, TaskStatus.PROCESSING)
+        system.hsc.stop(grace=0)
+        _, stderr = child.communicate(timeout=20)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert child.returncode == EXIT_HEARTBEAT_LOST, stderr
+    assert f"3 consecutive heartbeats of task {task_id}" in stderr
