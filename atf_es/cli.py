@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import signal
 import sys
 import textwrap
 import threading
 from dataclasses import fields
-from typing import TYPE_CHECKING, Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
+from atf_es.app import AppLoadError, load_app
 from atf_es.broker import (
     BrokerConnection,
     BrokerError,
@@ -20,6 +23,7 @@ from atf_es.broker import (
     connect,
     ensure_topics,
 )
+from atf_es.client import AtfError, Client
 from atf_es.config import (
     ENV_CONFIG_FILE,
     ENV_KAFKA_PREFIX,
@@ -28,7 +32,10 @@ from atf_es.config import (
     env_var_for,
     load_settings,
 )
+from atf_es.devrun import DEMO_APP, System, run_demo, start_system
 from atf_es.services.control import ControlView
+from atf_es.services.controller import Controller
+from atf_es.services.executor import EXIT_HEARTBEAT_LOST, Executor
 from atf_es.services.frontend import frontend_server
 from atf_es.services.gateway import CommandGateway
 from atf_es.services.hsc import hsc_server
@@ -62,16 +69,6 @@ configuration, later sources winning:
   e.g. {ENV_KAFKA_PREFIX}SASL_MECHANISM=PLAIN sets sasl.mechanism.
   Run 'atf-es config' to see every setting and where its value came from.
 """
-
-
-class Service(Protocol):
-    """A long-running part of ``atf-es dev``; stoppable unstarted and twice."""
-
-    name: str
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
 
 
 class _Stop:
@@ -168,8 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument(
         "--once",
         action="store_true",
-        help="set everything up, report, then stop at once (a smoke test)",
+        help="run the demo workload, print the summary, then stop everything",
     )
+    dev.add_argument(
+        "--app",
+        default=DEMO_APP,
+        metavar="MODULE:APP",
+        help=f"the App whose lambdas to serve (default: {DEMO_APP})",
+    )
+    dev.add_argument("--no-demo", action="store_true", help="do not schedule the demo workload")
     dev.set_defaults(handler=_cmd_dev)
 
     topics = sub(
@@ -247,7 +251,70 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen", metavar="HOST:PORT", help="override frontend_address for listening"
     )
     frontend.set_defaults(handler=_cmd_frontend)
+
+    controller = sub(
+        "controller",
+        "run a worker host's Controller until SIGTERM",
+        "Consume the execution topics of the app's lambdas into local per-priority "
+        "buffers, claim each task through the HSC before handing it out, and serve "
+        "NextWork long polls to this host's executors on controller_address.",
+    )
+    controller.add_argument("app", metavar="MODULE:APP", help="the App whose lambdas to serve")
+    controller.add_argument("--hsc", metavar="HOST:PORT", help="the HSC (default: hsc_address)")
+    controller.add_argument(
+        "--listen", metavar="HOST:PORT", help="override controller_address for listening"
+    )
+    controller.set_defaults(handler=_cmd_controller)
+
+    executor = sub(
+        "executor",
+        "run an executor process for one lambda",
+        "Run N threads of 'next_work(); run(work)' for one lambda of the app, heartbeating "
+        "while each task runs. After 3 consecutive failed heartbeats the process ends "
+        f"itself (exit status {EXIT_HEARTBEAT_LOST}) so that the task can never run twice "
+        "at once; run it under a supervisor that restarts it.",
+    )
+    executor.add_argument("app", metavar="MODULE:APP", help="the App that holds the lambda")
+    executor.add_argument("lambda_name", metavar="LAMBDA", help="the lambda to run")
+    executor.add_argument("--threads", type=int, default=4, help="worker threads (default 4)")
+    executor.add_argument(
+        "--controller", metavar="HOST:PORT", help="the Controller (default: controller_address)"
+    )
+    executor.add_argument("--hsc", metavar="HOST:PORT", help="the HSC (default: hsc_address)")
+    executor.set_defaults(handler=_cmd_executor)
+
+    schedule = sub(
+        "schedule",
+        "schedule a task and print its id",
+        "Schedule one task through the Frontend and print its id.",
+    )
+    schedule.add_argument("lambda_name", metavar="LAMBDA")
+    schedule.add_argument("--payload", default="", help="the payload, as text (UTF-8)")
+    schedule.add_argument("--collection", default="default")
+    schedule.add_argument("--priority", type=int, default=0)
+    schedule.add_argument("--delay", type=float, metavar="SECONDS", help="run this much later")
+    schedule.add_argument("--key", metavar="IDEMPOTENCY_KEY", help="the same key schedules once")
+    _frontend_option(schedule)
+    schedule.set_defaults(handler=_cmd_schedule)
+
+    status = sub("status", "show a task", "Print a task's status, attempts, times and error.")
+    status.add_argument("task_id", metavar="TASK_ID")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    _frontend_option(status)
+    status.set_defaults(handler=_cmd_status)
+
+    cancel = sub("cancel", "cancel a task", "Cancel a waiting or running task.")
+    cancel.add_argument("task_id", metavar="TASK_ID")
+    cancel.add_argument("--reason", default="", help="why (kept in the history)")
+    _frontend_option(cancel)
+    cancel.set_defaults(handler=_cmd_cancel)
     return parser
+
+
+def _frontend_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--frontend", metavar="HOST:PORT", help="the Frontend (default: frontend_address)"
+    )
 
 
 def _settings_from(args: argparse.Namespace) -> Settings:
@@ -272,16 +339,10 @@ def _print_topics(out: TextIO, specs: list[TopicSpec], result: EnsureResult | No
         print(f"  {state:<8} {_describe_spec(spec, partitions)}", file=out)
 
 
-def _dev_services(settings: Settings, bootstrap: str) -> list[Service]:
-    """The services ``atf-es dev`` runs, in start order (stopped in reverse)."""
-    # The HSC, controller, executor and frontend join here as they land.
-    return [Processor(settings, bootstrap, instance_id="dev")]
-
-
 def _cmd_dev(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     stop = _Stop()
     restore = stop.install()
-    started: list[Service] = []
+    started: list[System] = []
     connection: BrokerConnection | None = None
     try:
         connection = connect(settings)
@@ -305,16 +366,21 @@ def _cmd_dev(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
             file=out,
         )
         _print_topics(out, specs, result)
-        for service in _dev_services(settings, connection.bootstrap):
-            service.start()
-            started.append(service)
-            print(f"service: {service.name} started", file=out)
-        if not started:
-            print("services: none yet", file=out)
+        app = load_app(args.app)
+        system = start_system(settings, connection.bootstrap, app, args.app, out)
+        started.append(system)
+        status = EXIT_OK
+        if args.app == DEMO_APP and not args.no_demo:
+            status = run_demo(system, out)
         if args.once:
             print("--once: stopping", file=out)
+            return status
         else:
-            print("running; press Ctrl-C to stop", file=out)
+            print(
+                f"running; schedule tasks with: atf-es schedule echo --payload hi "
+                f"--frontend {system.frontend_address}   (Ctrl-C to stop)",
+                file=out,
+            )
             out.flush()
             while not stop.event.wait(0.5):
                 if connection.broker is not None and not connection.broker.running:
@@ -416,6 +482,89 @@ def _cmd_frontend(args: argparse.Namespace, settings: Settings, out: TextIO) -> 
         server.stop()
         gateway.close()
         control.close()
+
+
+def _cmd_controller(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    bootstrap = _require_bootstrap(settings, "controller")
+    if bootstrap is None:
+        return EXIT_USAGE
+    app = load_app(args.app)
+    controller = Controller(
+        settings,
+        bootstrap,
+        sorted(app.lambdas),
+        args.hsc or settings.hsc_address,
+        address=args.listen or settings.controller_address,
+    )
+    try:
+        controller.start()
+        print(
+            f"controller: serving NextWork on port {controller.port} for "
+            f"{', '.join(sorted(app.lambdas))}",
+            file=out,
+            flush=True,
+        )
+        return _wait_for_signal(out)
+    finally:
+        controller.stop()
+
+
+def _cmd_executor(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    app = load_app(args.app)
+    if args.lambda_name not in app.lambdas:
+        print(
+            f"atf-es executor: app {app.name!r} has no lambda {args.lambda_name!r}; it has "
+            f"{', '.join(sorted(app.lambdas)) or 'none'}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    executor = Executor(
+        app,
+        args.lambda_name,
+        args.controller or settings.controller_address,
+        args.hsc or settings.hsc_address,
+        threads=args.threads,
+    )
+    print(f"executor: {args.threads} threads for {args.lambda_name}", file=out, flush=True)
+    executor.run_forever()
+    return EXIT_OK
+
+
+def _cmd_schedule(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    with Client(args.frontend or settings.frontend_address) as client:
+        task_id = client.schedule(
+            args.lambda_name,
+            args.payload.encode(),
+            collection=args.collection,
+            priority=args.priority,
+            delay=args.delay,
+            idempotency_key=args.key,
+        )
+    print(task_id, file=out)
+    return EXIT_OK
+
+
+def _cmd_status(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    with Client(args.frontend or settings.frontend_address) as client:
+        info = client.get(args.task_id)
+    fields = {
+        name: (value.decode("utf-8", "replace") if isinstance(value, bytes) else value)
+        for name, value in dataclasses.asdict(info).items()
+    }
+    if args.json:
+        print(json.dumps(fields, default=str, indent=2), file=out)
+    else:
+        for name, value in fields.items():
+            if value is not None and value != "":
+                print(f"{name:>18}: {value}", file=out)
+    return EXIT_OK
+
+
+def _cmd_cancel(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    with Client(args.frontend or settings.frontend_address) as client:
+        info = client.cancel(args.task_id, args.reason, requested_by="atf-es cancel")
+    print(f"{info.task_id}: {info.status.value}", file=out)
+    return EXIT_OK
 
 
 def _require_bootstrap(settings: Settings, command: str) -> str | None:
@@ -527,6 +676,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"atf-es: {problem}", file=sys.stderr)
         return EXIT_FAILURE
     except BrokerError as exc:
+        print(f"atf-es: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except AppLoadError as exc:
+        print(f"atf-es: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except AtfError as exc:
         print(f"atf-es: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

@@ -23,8 +23,17 @@ def _command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "atf_es"]
 
 
+# Services listen on ports the system picks, so tests never collide on 7070-7072.
+_EPHEMERAL = {
+    "ATF_FRONTEND_ADDRESS": "127.0.0.1:0",
+    "ATF_HSC_ADDRESS": "127.0.0.1:0",
+    "ATF_CONTROLLER_ADDRESS": "127.0.0.1:0",
+}
+
+
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATF_")}
+    env.update(_EPHEMERAL)
     env.update(extra)
     return env
 
@@ -35,19 +44,30 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
         env=env if env is not None else _env(),
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=180,
         check=False,
     )
 
 
-def test_dev_once_on_the_embedded_broker(tmp_path: Path) -> None:
+def test_dev_once_runs_the_demo_on_the_embedded_broker(tmp_path: Path) -> None:
+    """The README's main job: every service, the demo workload, a summary."""
     result = _run("dev", "--once", "--data-dir", str(tmp_path), "--partitions", "4")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "broker: embedded Tansu (in memory) at 127.0.0.1:" in out
     assert "topics: 6 created, 0 already existed" in out
-    assert "created  atf.commands" in out
     assert "atf.task-events                    4 partitions  cleanup.policy=compact" in out
+    assert "5 executor processes" in out
+    assert "demo: scheduled 32 tasks" in out
+    for row in (
+        "echo        25  success         success 25",
+        "flaky        3  success         success 3",
+        "reject       2  fatal_failure   fatal_failure 2",
+        "broken       2  dead_lettered   dead_lettered 2",
+    ):
+        assert row in out, out
+    assert "delayed tasks started before their time: 0 of 5" in out
+    assert "demo: all tasks ended as expected" in out
     assert "broker: stopped" in out
     assert list((tmp_path / "broker").glob("tansu-*.log"))
 
@@ -56,13 +76,13 @@ def test_dev_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     log = tmp_path / "out.txt"
     with log.open("w") as out:
         process = subprocess.Popen(
-            [*_command(), "dev", "--data-dir", str(tmp_path)],
+            [*_command(), "dev", "--no-demo", "--data-dir", str(tmp_path)],
             env=_env(),
             stdout=out,
             stderr=subprocess.STDOUT,
         )
     try:
-        wait_for(lambda: "press Ctrl-C" in log.read_text(), 30, "atf-es dev to be running")
+        wait_for(lambda: "Ctrl-C to stop" in log.read_text(), 90, "atf-es dev to be running")
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0, log.read_text()
     finally:
@@ -148,7 +168,7 @@ def test_python_dash_m_is_the_same_command() -> None:
         env=_env(),
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=180,
         check=False,
     )
     assert result.returncode == 0, result.stderr
@@ -197,3 +217,53 @@ def test_hsc_serves_and_stops_on_sigterm(settings: Settings) -> None:
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+def test_schedule_status_and_cancel_against_a_running_dev(tmp_path: Path) -> None:
+    import json
+    import re
+
+    log = tmp_path / "dev.txt"
+    with log.open("w") as out:
+        dev = subprocess.Popen(
+            [*_command(), "dev", "--no-demo", "--data-dir", str(tmp_path), "--partitions", "2"],
+            env=_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: "Ctrl-C to stop" in log.read_text(), 90, "atf-es dev to be running")
+        match = re.search(r"frontend :(\d+)", log.read_text())
+        assert match, log.read_text()
+        frontend = f"127.0.0.1:{match.group(1)}"
+
+        scheduled = _run("schedule", "echo", "--payload", "hi", "--frontend", frontend)
+        assert scheduled.returncode == 0, scheduled.stderr
+        task_id = scheduled.stdout.strip()
+
+        def status() -> dict[str, object]:
+            shown = _run("status", task_id, "--json", "--frontend", frontend)
+            assert shown.returncode == 0, shown.stderr
+            return json.loads(shown.stdout)  # type: ignore[no-any-return]
+
+        done = wait_for(lambda: (s := status())["status"] == "success" and s, 60, "success")
+        assert done["result"] == "hi" and done["attempts"] == 1
+
+        slow = _run("schedule", "slow", "--payload", "30", "--delay", "60", "--frontend", frontend)
+        slow_id = slow.stdout.strip()
+        cancelled = _run("cancel", slow_id, "--reason", "not needed", "--frontend", frontend)
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert cancelled.stdout.strip() == f"{slow_id}: cancelled"
+
+        unknown = _run("status", "no-such-task", "--frontend", frontend)
+        assert unknown.returncode == 1 and "no-such-task" in unknown.stderr
+        bad = _run("schedule", "echo", "--priority", "7", "--frontend", frontend)
+        assert bad.returncode == 1 and "priority" in bad.stderr
+    finally:
+        dev.send_signal(signal.SIGTERM)
+        try:
+            dev.wait(timeout=60)
+        finally:
+            if dev.poll() is None:
+                dev.kill()
+                dev.wait()
