@@ -42,3 +42,18 @@ def test_commands_and_variables_exist() -> None:
     kafka_examples = {var for var in documented if var.startswith(ENV_KAFKA_PREFIX)}
     assert documented - kafka_examples <= known
     assert env_var_for("kafka_config") not in text  # it is ATF_KAFKA__<KEY>
+
+
+def test_python_examples_compile_and_the_app_block_runs() -> None:
+    app_block, client_block = _blocks("python")
+    namespace: dict[str, object] = {}
+    exec(compile(app_block, "README.md (app)", "exec"), namespace)
+    from atf_es.app import App
+
+    app = namespace["app"]
+    assert isinstance(app, App)
+    assert app.lambdas["send_email"].policy.max_attempts == 5
+    compile(client_block, "README.md (client)", "exec")
+    from atf_es.client import Client
+
+    assert callable(Client.schedule) and callable(Client.wait)
