@@ -525,6 +525,12 @@ class Controller:
             entry = self._take(lambdas, deadline if not items else 0.0)
             if entry is None:
                 break
+            if not context.is_active():
+                # The worker went away while this poll waited (a killed executor's
+                # idle thread): claiming for it would hold the task until its claim
+                # timeout. Leave it for a live poll.
+                self._put_back(entry)
+                break
             claimed = self._claim(entry, request.worker, context)
             if claimed is None:
                 self._put_back(entry)
