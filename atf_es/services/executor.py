@@ -150,8 +150,12 @@ class Executor:
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.wait_ms = wait_ms
         self.on_heartbeats_lost = on_heartbeats_lost
+        # The policy guarantees heartbeat_timeout > 3 x interval + margin, and the
+        # margin exists to cover one heartbeat RPC: a deadline up to
+        # min(interval, margin) keeps self-termination ahead of the timeout while
+        # tolerating a slow processor (each beat is a transaction round trip).
         self.heartbeat_deadline = (
-            min(self.policy.heartbeat_interval_ms, self.policy.heartbeat_margin_ms) / 2 / 1000
+            min(self.policy.heartbeat_interval_ms, self.policy.heartbeat_margin_ms) / 1000
         )
         self.stats = ExecutorStats()
         self._stats_lock = threading.Lock()

@@ -43,6 +43,6 @@ def work(task: TaskContext) -> str:
     seconds = float(task.payload.decode() or "0")
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.05)  # the task's simulated work, not a wait in a test
     _record("end", task)
     return f"worked {seconds:g}s"

@@ -46,7 +46,7 @@ def _wait(processor: Processor, done: Callable[[], bool], what: str, timeout: fl
             raise AssertionError(
                 f"timed out after {timeout:g}s waiting for {what}: {processor.stats}"
             )
-        time.sleep(0.05)
+        time.sleep(0.05)  # the poll interval of this deadline-bound wait
 
 
 def _start(settings: Settings, instance_id: str, timeout: float = 120.0) -> Processor:
@@ -135,8 +135,6 @@ def test_rebuilt_projection_equals_live_one_for_100k_tasks(settings: Settings) -
             "every command handled and every due task enqueued",
             240,
         )
-        # A few more polls, so nothing due is left mid-flight.
-        time.sleep(0.5)
     finally:
         live.stop()
     assert not live.failed

@@ -392,7 +392,14 @@ def test_an_executor_process_exits_after_three_failed_heartbeats(system: System)
     )
     try:
         task_id = system.schedule("slow", b"60")
-        system.wait_status(task_id, TaskStatus.PROCESSING)
+        started = system.wait_status(task_id, TaskStatus.PROCESSING)
+        # A beat after the start proves the callback runs: the executor is in its
+        # heartbeat loop, not still retrying the first heartbeat.
+        wait_for(
+            lambda: (system.task(task_id).heartbeat_at or 0) > (started.started_at or 0),
+            20,
+            "a heartbeat after the start",
+        )
         system.hsc.stop(grace=0)
         _, stderr = child.communicate(timeout=20)
     finally:
