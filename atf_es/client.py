@@ -33,6 +33,8 @@ from atf_es.events.status import TaskStatus
 
 REPLY_CODE_KEY = "atf-reply-code"
 """Trailing metadata carrying the precise reply code (as ``atf_es.services.hsc`` sends it)."""
+RETRY_AFTER_KEY = "atf-retry-after-ms"
+"""Trailing metadata of ``RESOURCE_EXHAUSTED`` (as ``atf_es.services.frontend`` sends it)."""
 _FIRST_INTERVAL = 0.02
 _MAX_INTERVAL = 1.0
 
@@ -85,6 +87,32 @@ class Unimplemented(AtfError):  # noqa: N818 - named after the gRPC status
     """The server does not offer this call yet."""
 
 
+class ResourceExhausted(AtfError):  # noqa: N818 - named after the gRPC status
+    """The lambda is over its scheduling quota; ``retry_after`` says when to try again.
+
+    ``retry_after`` is in seconds; ``None`` when the server gave no hint (or when
+    the batch can never be admitted at once).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: grpc.StatusCode | None = grpc.StatusCode.RESOURCE_EXHAUSTED,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+def _retry_after(milliseconds: object) -> float | None:
+    try:
+        value = int(str(milliseconds))
+    except ValueError:
+        return None
+    return value / 1000 if value > 0 else None
+
+
 _ERRORS: dict[grpc.StatusCode, type[AtfError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.NOT_FOUND: NotFound,
@@ -93,12 +121,18 @@ _ERRORS: dict[grpc.StatusCode, type[AtfError]] = {
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
 }
 
 
 def _error_from(code: grpc.StatusCode, details: str | None, metadata: Any) -> AtfError:
     message = details or code.name.lower()
-    reply_code = dict(metadata or ()).get(REPLY_CODE_KEY)
+    trailers = dict(metadata or ())
+    reply_code = trailers.get(REPLY_CODE_KEY)
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ResourceExhausted(
+            message, code=code, retry_after=_retry_after(trailers.get(RETRY_AFTER_KEY))
+        )
     if code is grpc.StatusCode.NOT_FOUND:
         kind: type[AtfError] = UnknownLambda if reply_code == "UNKNOWN_LAMBDA" else TaskNotFound
     else:
@@ -239,6 +273,9 @@ _OUTCOME_ERRORS: dict[int, type[AtfError]] = {
 def _outcome(result: frontend_pb2.ScheduleResult) -> ScheduleOutcome:
     if result.code == common_pb2.REPLY_CODE_OK:
         return ScheduleOutcome(result.task_id, result.created)
+    if result.code == common_pb2.REPLY_CODE_OVER_QUOTA:
+        error = ResourceExhausted(result.message, retry_after=_retry_after(result.retry_after_ms))
+        return ScheduleOutcome(result.task_id, False, error)
     kind = _OUTCOME_ERRORS.get(result.code, AtfError)
     return ScheduleOutcome(result.task_id, False, kind(result.message))
 
@@ -475,6 +512,7 @@ __all__ = [
     "FailedPrecondition",
     "InvalidArgument",
     "NotFound",
+    "ResourceExhausted",
     "ScheduleOutcome",
     "TaskInfo",
     "TaskNotFound",

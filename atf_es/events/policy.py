@@ -65,6 +65,10 @@ class LambdaPolicy:
     """
     default_failure: FailureKind = FailureKind.RETRIABLE
     max_payload_bytes: int = 1_048_576
+    schedule_rate: float = 0.0
+    """Scheduling quota: tasks per second each Frontend admits for this lambda; 0 is no quota."""
+    schedule_burst: int = 1_000
+    """Scheduling quota: tasks a Frontend admits at once above the rate (the bucket's size)."""
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -84,6 +88,13 @@ class LambdaPolicy:
                 found.append(f"{f.name} must be positive, got {value}")
         if not 1 <= self.priorities <= 10:
             found.append(f"priorities must be between 1 and 10, got {self.priorities}")
+        if not self.schedule_rate >= 0.0 or self.schedule_rate == float("inf"):
+            found.append(
+                f"schedule_rate must be a finite number of tasks per second, 0 for no quota, "
+                f"got {self.schedule_rate}"
+            )
+        if self.schedule_burst < 1:
+            found.append(f"schedule_burst must be at least 1, got {self.schedule_burst}")
         if self.max_attempts < 1:
             found.append(f"max_attempts must be at least 1, got {self.max_attempts}")
         if self.backoff_multiplier < 1.0:

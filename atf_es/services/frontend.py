@@ -27,8 +27,14 @@ Scheduling and idempotency
 Every wait is bounded by the caller's deadline and ``max_wait`` (10 s): a
 broker outage ends in ``UNAVAILABLE`` with a sentence, never a hang.
 
-Quotas (``RESOURCE_EXHAUSTED`` for a lambda over its quota) are not enforced
-here: ``LambdaPolicy`` has no quota yet; they arrive with the isolation issue.
+Quotas
+------
+A lambda whose policy sets ``schedule_rate`` has a token bucket in each
+Frontend (``atf_es.services.quota``). ``Schedule`` over the quota answers
+``RESOURCE_EXHAUSTED`` with the retry hint in the trailing metadata
+``atf-retry-after-ms``; in ``ScheduleBatch`` each task takes a token in request
+order and those beyond the quota get ``REPLY_CODE_OVER_QUOTA`` and
+``retry_after_ms`` while the others go ahead. Only valid specs take tokens.
 ``History`` and ``Watch`` answer ``UNIMPLEMENTED`` until the audit issue.
 """
 
@@ -58,12 +64,15 @@ from atf_es.services.gateway import (
 )
 from atf_es.services.grpc_server import GrpcServer, abort
 from atf_es.services.hsc import REPLY_CODE_KEY
+from atf_es.services.quota import OverQuota, Quotas
 
 MAX_ID_LENGTH = 200
 MAX_BATCH = 1000
 MAX_TIME_MS = 253_402_300_800_000
 """Year 10000: a bound that keeps ``now + delay`` far from overflowing a long."""
 HISTORY_UNIMPLEMENTED = "arrives with the audit issue (History/Watch)"
+RETRY_AFTER_KEY = "atf-retry-after-ms"
+"""Trailing metadata of a ``RESOURCE_EXHAUSTED``: milliseconds until a retry is admitted."""
 
 _IDEMPOTENCY_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:atf-es:idempotency-key")
 
@@ -123,6 +132,7 @@ class _Planned:
 
     command: ScheduleTask
     wait_reply: bool
+    policy: LambdaPolicy
 
 
 def _new_id() -> str:
@@ -147,11 +157,17 @@ def _check_id(name: str, value: str) -> None:
 
 class FrontendService(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
     def __init__(
-        self, gateway: CommandGateway, control: ControlView, *, max_wait: float = 10.0
+        self,
+        gateway: CommandGateway,
+        control: ControlView,
+        *,
+        max_wait: float = 10.0,
+        quotas: Quotas | None = None,
     ) -> None:
         self.gateway = gateway
         self.control = control
         self.max_wait = max_wait
+        self.quotas = quotas or Quotas()
         # ControlView is a single consumer and a plain dict: one reader at a time.
         self._control_lock = threading.Lock()
 
@@ -251,7 +267,7 @@ class FrontendService(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
             run_at,
             key,
         )
-        return _Planned(command, wait_reply=key is not None or spec.HasField("task_id"))
+        return _Planned(command, key is not None or spec.HasField("task_id"), policy)
 
     def _send(self, command: Command, context: grpc.ServicerContext) -> Reply:
         try:
@@ -308,6 +324,8 @@ class FrontendService(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
             planned = self._plan(request.spec, "spec.", timeout, now_ms())
         except SpecError as exc:
             _refuse(context, exc.status, exc.code, exc.message)
+        if (over := self.quotas.take(planned.policy)) is not None:
+            _over_quota(context, over)
         (outcome,) = self._schedule_all([planned], timeout)
         if isinstance(outcome, GatewayError):
             _gateway_abort(context, outcome)
@@ -345,6 +363,16 @@ class FrontendService(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
                 results.append(
                     frontend_pb2.ScheduleResult(
                         task_id=spec.task_id, code=_reply_code(exc.code), message=exc.message
+                    )
+                )
+                continue
+            if (over := self.quotas.take(plan.policy)) is not None:
+                results.append(
+                    frontend_pb2.ScheduleResult(
+                        task_id=plan.command.task_id,
+                        code=common_pb2.REPLY_CODE_OVER_QUOTA,
+                        message=over.message(),
+                        retry_after_ms=over.retry_after_ms,
                     )
                 )
                 continue
@@ -439,6 +467,11 @@ def _refuse(
     abort(context, status, message)
 
 
+def _over_quota(context: grpc.ServicerContext, over: OverQuota) -> NoReturn:
+    context.set_trailing_metadata(((RETRY_AFTER_KEY, str(over.retry_after_ms)),))
+    abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, over.message())
+
+
 def _gateway_abort(context: grpc.ServicerContext, error: GatewayError) -> NoReturn:
     if isinstance(error, NoReplyError):
         abort(
@@ -475,6 +508,7 @@ def frontend_server(gateway: CommandGateway, control: ControlView, address: str)
 
 __all__ = [
     "HISTORY_UNIMPLEMENTED",
+    "RETRY_AFTER_KEY",
     "FrontendService",
     "frontend_server",
     "idempotent_task_id",

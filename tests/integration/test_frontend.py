@@ -26,6 +26,7 @@ from atf_es.client import (
     Client,
     FailedPrecondition,
     InvalidArgument,
+    ResourceExhausted,
     TaskNotFound,
     TaskRequest,
     Unavailable,
@@ -37,11 +38,12 @@ from atf_es.config import Settings
 from atf_es.events import LambdaPolicy, TaskScheduled, TaskStatus
 from atf_es.events.codec import decode_event
 from atf_es.services.control import ControlView
-from atf_es.services.frontend import frontend_server, idempotent_task_id
+from atf_es.services.frontend import RETRY_AFTER_KEY, frontend_server, idempotent_task_id
 from atf_es.services.gateway import CommandGateway
 from atf_es.services.grpc_server import GrpcServer
 from atf_es.services.processor import Processor
 from atf_es.topics import Topics
+from tests.helpers import wait_for
 from tests.kafka_harness import prepare
 
 pytestmark = pytest.mark.integration
@@ -296,6 +298,59 @@ def test_a_batch_of_200(system: System) -> None:
     assert isinstance(outcomes[203].error, UnknownLambda)
     infos = [system.client.get(o.task_id) for o in outcomes[:200:20]]
     assert all(i.status is TaskStatus.ENQUEUED for i in infos)
+
+
+def test_a_lambda_over_its_quota_is_resource_exhausted_with_a_retry_hint(system: System) -> None:
+    prepare(system.settings, LambdaPolicy("metered", schedule_rate=2.0, schedule_burst=3))
+    client = system.client
+    admitted = [client.schedule("metered") for _ in range(3)]
+    with pytest.raises(ResourceExhausted, match="over its scheduling quota") as refused:
+        client.schedule("metered", idempotency_key="refused-key")
+    assert refused.value.retry_after is not None
+    assert 0 < refused.value.retry_after <= 0.5
+    # Nothing was recorded for the refused task; the admitted ones are there.
+    with pytest.raises(TaskNotFound):
+        client.get(idempotent_task_id("metered", "refused-key"))
+    assert all(client.get(t).status is TaskStatus.ENQUEUED for t in admitted)
+    # Another lambda is not held back by this one's quota.
+    assert client.get(client.schedule("send_email")).status is TaskStatus.ENQUEUED
+
+    # The raw status and trailing metadata, as a non-Python client sees them.
+    from atf_es._proto.atf.v1 import frontend_pb2, frontend_pb2_grpc
+
+    with grpc.insecure_channel(system.address) as channel:
+        stub = frontend_pb2_grpc.FrontendStub(channel)
+        spec = frontend_pb2.TaskSpec(lambda_name="metered")
+        with pytest.raises(grpc.RpcError) as raw:
+            stub.Schedule(frontend_pb2.ScheduleRequest(spec=spec), timeout=10)
+    assert raw.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+    trailers = dict(raw.value.trailing_metadata())  # type: ignore[attr-defined]
+    assert 0 < int(trailers[RETRY_AFTER_KEY]) <= 500
+
+    # Waiting as told is enough.
+    def admitted_again() -> str | None:
+        try:
+            return client.schedule("metered")
+        except ResourceExhausted:
+            return None
+
+    assert wait_for(admitted_again, 10, "a task of 'metered' admitted again", interval=0.1)
+
+
+def test_a_batch_over_the_quota_admits_what_fits(system: System) -> None:
+    prepare(system.settings, LambdaPolicy("metered_batch", schedule_rate=0.5, schedule_burst=4))
+    outcomes = system.client.schedule_many(
+        [TaskRequest("metered_batch", f"{i}".encode()) for i in range(6)]
+        + [TaskRequest("send_email"), TaskRequest("metered_batch", priority=9)]
+    )
+    assert [o.ok for o in outcomes] == [True] * 4 + [False, False, True, False]
+    for over in outcomes[4:6]:
+        assert isinstance(over.error, ResourceExhausted), over
+        assert over.error.retry_after is not None and 0 < over.error.retry_after <= 4.0
+        with pytest.raises(TaskNotFound):
+            system.client.get(over.task_id)
+    # An invalid spec is refused as invalid, taking no token.
+    assert isinstance(outcomes[7].error, InvalidArgument)
 
 
 def test_the_async_client(system: System) -> None:

@@ -146,3 +146,19 @@ def _task_record(task: Any) -> dict[str, Any]:
     from atf_es.events.records import task_to_record
 
     return task_to_record(task)
+
+
+def test_a_lambda_defined_before_quotas_existed_has_no_quota() -> None:
+    from atf_es.events.codec import decode_control
+    from atf_es.events.policy import LambdaPolicy
+    from atf_es.events.records import lambda_to_record
+
+    codec = get_codec("ControlRecord")
+    v1 = codec.versions[0]
+    assert v1.version == 1 and codec.current.version >= 2
+    record = lambda_to_record(LambdaPolicy("old", schedule_rate=5.0, schedule_burst=7), 123)
+    body = record["body"][1]
+    del body["schedule_rate"], body["schedule_burst"]  # what a v1 writer wrote
+    policy = decode_control(_encode_with(v1, {**record, "body": body}))
+    assert policy == LambdaPolicy("old")
+    assert (policy.schedule_rate, policy.schedule_burst) == (0.0, 1_000)

@@ -47,6 +47,7 @@ class ReplyCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REPLY_CODE_INVALID: _ClassVar[ReplyCode]
     REPLY_CODE_ALREADY_EXISTS: _ClassVar[ReplyCode]
     REPLY_CODE_UNKNOWN_LAMBDA: _ClassVar[ReplyCode]
+    REPLY_CODE_OVER_QUOTA: _ClassVar[ReplyCode]
 
 class CauseKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -86,6 +87,7 @@ REPLY_CODE_CANCELLED: ReplyCode
 REPLY_CODE_INVALID: ReplyCode
 REPLY_CODE_ALREADY_EXISTS: ReplyCode
 REPLY_CODE_UNKNOWN_LAMBDA: ReplyCode
+REPLY_CODE_OVER_QUOTA: ReplyCode
 CAUSE_KIND_UNSPECIFIED: CauseKind
 CAUSE_KIND_COMMAND: CauseKind
 CAUSE_KIND_TIMER: CauseKind

@@ -50,16 +50,18 @@ class ScheduleBatchRequest(_message.Message):
     def __init__(self, specs: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ...) -> None: ...
 
 class ScheduleResult(_message.Message):
-    __slots__ = ("task_id", "created", "code", "message")
+    __slots__ = ("task_id", "created", "code", "message", "retry_after_ms")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     created: bool
     code: _common_pb2.ReplyCode
     message: str
-    def __init__(self, task_id: _Optional[str] = ..., created: _Optional[bool] = ..., code: _Optional[_Union[_common_pb2.ReplyCode, str]] = ..., message: _Optional[str] = ...) -> None: ...
+    retry_after_ms: int
+    def __init__(self, task_id: _Optional[str] = ..., created: _Optional[bool] = ..., code: _Optional[_Union[_common_pb2.ReplyCode, str]] = ..., message: _Optional[str] = ..., retry_after_ms: _Optional[int] = ...) -> None: ...
 
 class ScheduleBatchResponse(_message.Message):
     __slots__ = ("results",)

@@ -72,13 +72,17 @@ class FrontendServicer:
     def Schedule(self, request, context):
         """Schedules one task. Idempotent on idempotency_key (and on task_id when
         the caller sets it): a repeat returns the existing task with created=false.
+        A lambda over its scheduling quota: RESOURCE_EXHAUSTED, with the
+        milliseconds after which a retry would be admitted in the trailing
+        metadata "atf-retry-after-ms".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ScheduleBatch(self, request, context):
-        """Schedules many tasks; each gets its own result, in request order.
+        """Schedules many tasks; each gets its own result, in request order. Tasks
+        beyond their lambda's quota get REPLY_CODE_OVER_QUOTA; the rest go ahead.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
