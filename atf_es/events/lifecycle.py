@@ -141,8 +141,13 @@ def _schedule(
     if policy is None or policy.name != cmd.lambda_name:
         return Rejected(RejectCode.UNKNOWN_LAMBDA, f"lambda {cmd.lambda_name!r} is not defined")
     problems = []
-    if not cmd.task_id or len(cmd.task_id) > 200:
-        problems.append("task_id must be 1-200 characters")
+    if not cmd.task_id or len(cmd.task_id) > 200 or not cmd.task_id.isprintable():
+        # Printable as the Frontend requires; above all no NUL, which the
+        # projection's index keys cannot hold.
+        problems.append(
+            f"task_id must be 1-200 printable characters, got {len(cmd.task_id)} characters"
+            + ("" if cmd.task_id.isprintable() else " with unprintable ones")
+        )
     if not COLLECTION_NAME.fullmatch(cmd.collection):
         problems.append(
             f"collection {cmd.collection!r} must be 1-100 letters, digits, '_', '.' or '-'"

@@ -1,9 +1,11 @@
 """The control topic: lambda definitions every service reads.
 
 The topic is compacted and keyed ``lambda/<name>``; the latest record per key
-is the lambda's policy, a tombstone removes it. Defining a lambda also
-creates its execution topics, one per priority, so the processor never
-writes to a topic that is not there.
+is the lambda's policy, a tombstone removes it. A record that does not decode
+as a valid policy of the lambda its key names is counted in ``bad_records``,
+logged and ignored: the definition read before it stays in force. Defining a
+lambda also creates its execution topics, one per priority, so the processor
+never writes to a topic that is not there.
 """
 
 from __future__ import annotations
@@ -105,7 +107,15 @@ class ControlView:
             policy = decode_control(value)
         except (DecodeError, ValueError) as exc:
             self.bad_records += 1
-            log.warning("control topic: ignoring unreadable record %r: %s", name, exc)
+            log.warning("control topic: ignoring unreadable record %.200r: %s", name, exc)
+            return
+        if control_key(policy.name) != name:
+            # Compaction keeps one record per key: a definition under another
+            # lambda's key would outlive or replace the wrong one.
+            self.bad_records += 1
+            log.warning(
+                "control topic: ignoring record %.200r: it defines lambda %r", name, policy.name
+            )
             return
         self._policies[policy.name] = policy
 

@@ -50,9 +50,10 @@ from atf_es._proto.atf.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from atf_es.config import Settings
 from atf_es.events import LambdaPolicy, WorkItem
 from atf_es.events.codec import DecodeError, decode_work
+from atf_es.services.channels import service_channel
 from atf_es.services.control import ControlView
 from atf_es.services.grpc_server import GrpcServer, abort
-from atf_es.services.hsc import REPLY_CODE_KEY
+from atf_es.services.hsc import MAX_WORKER_CHARS, REPLY_CODE_KEY
 from atf_es.topics import Topics
 
 __all__ = ["Controller", "ControllerStats"]
@@ -74,6 +75,20 @@ _REFUSED = frozenset(
         grpc.StatusCode.ABORTED,
         grpc.StatusCode.NOT_FOUND,
         grpc.StatusCode.INVALID_ARGUMENT,
+    }
+)
+# The HSC failed on this very item (an input it cannot take, or a bug the item
+# hits): asking again fails the same way, and an item put back at the head of
+# its buffer would block every item behind it for good. Discarded like a
+# refusal, but loudly; a real task's enqueue timeout enqueues it again.
+_BROKEN = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.DATA_LOSS,
     }
 )
 
@@ -101,6 +116,8 @@ class ControllerStats:
     bad_records: int = 0
     claim_errors: int = 0
     pauses: int = 0
+    waiting: int = 0
+    """NextWork calls waiting for work right now (idle executor threads)."""
 
 
 class _PartitionOffsets:
@@ -198,7 +215,7 @@ class Controller:
                 self._buffers[key] = deque()
                 self._key_of_topic[self.topics.exec(lambda_name, priority)] = key
         self._order = sorted(self._buffers, key=lambda k: -k[1])
-        self._channel = grpc.insecure_channel(self.hsc_address)
+        self._channel = service_channel(self.hsc_address)
         self._hsc = worker_pb2_grpc.HeartbeatStatusStub(self._channel)
         self._consumer = kafka_clients.consumer(
             self.bootstrap,
@@ -352,6 +369,21 @@ class Controller:
                 offsets.skipped(offset)
                 self._store(consumer, topic, partition, offsets.finish(-1))
                 continue
+            if (item.lambda_name, item.priority) != key:
+                # The processor writes each item to its own lambda's topic at its
+                # own priority; anything else is foreign and must not be run here.
+                self.stats.bad_records += 1
+                log.warning(
+                    "%s[%d]@%d: skipping a work item of lambda %.100r priority %d",
+                    topic,
+                    partition,
+                    offset,
+                    item.lambda_name,
+                    item.priority,
+                )
+                offsets.skipped(offset)
+                self._store(consumer, topic, partition, offsets.finish(-1))
+                continue
             with self._lock:
                 buffer = self._buffers[key]
                 full = len(buffer) >= self.buffer_per_priority
@@ -359,7 +391,9 @@ class Controller:
                     offsets.read(offset)
                     buffer.append(_Buffered(item, topic, partition, offset, self._generation))
                     self.stats.received += 1
-                    self._lock.notify()
+                    # Every waiter: each NextWork waits for its own lambdas, and
+                    # notify() could wake one that cannot take this item.
+                    self._lock.notify_all()
             if full:
                 # Paused too late for this one: read it again after the resume.
                 self._pause(consumer, key)
@@ -419,7 +453,11 @@ class Controller:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
-                self._lock.wait(remaining)
+                self.stats.waiting += 1
+                try:
+                    self._lock.wait(remaining)
+                finally:
+                    self.stats.waiting -= 1
             return None
 
     def _pop(self, lambdas: frozenset[str]) -> _Buffered | None:
@@ -442,8 +480,8 @@ class Controller:
         if entry.generation != self._generation:
             return  # its partition moved on a rebalance; the new owner reads it again
         with self._lock:
-            self._buffers[(entry.item.lambda_name, entry.item.priority)].appendleft(entry)
-            self._lock.notify()
+            self._buffers[self._key_of_topic[entry.topic]].appendleft(entry)
+            self._lock.notify_all()
 
     def _finish(self, entry: _Buffered) -> None:
         self._finished.put(entry)
@@ -464,10 +502,11 @@ class Controller:
                 hsc.ClaimTask(request, timeout=timeout)
             except grpc.RpcError as error:
                 code = error.code()
-                if code in _REFUSED:
+                if code in _REFUSED or code in _BROKEN:
                     reply_code = dict(error.trailing_metadata() or ()).get(REPLY_CODE_KEY)
-                    log.debug(
-                        "discarding %s lease %d: %s (%s)",
+                    log.log(
+                        logging.WARNING if code in _BROKEN else logging.DEBUG,
+                        "discarding %.200s lease %d: %s (%s)",
                         entry.item.task_id,
                         entry.item.lease,
                         reply_code or code.name,
@@ -477,7 +516,7 @@ class Controller:
                 with self._lock:
                     self.stats.claim_errors += 1
                 log.warning(
-                    "claiming %s lease %d (try %d of %d): %s %s",
+                    "claiming %.200s lease %d (try %d of %d): %s %s",
                     entry.item.task_id,
                     entry.item.lease,
                     attempt + 1,
@@ -498,6 +537,14 @@ class Controller:
     ) -> worker_pb2.NextWorkResponse:
         if not request.worker:
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, "worker is required")
+        if len(request.worker) > MAX_WORKER_CHARS:
+            # Checked here, not only by the HSC: a claim it refuses would
+            # discard a good item on behalf of a bad caller.
+            abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"worker must be at most {MAX_WORKER_CHARS} characters, got {len(request.worker)}",
+            )
         if request.max_tasks < 0 or request.wait_ms < 0:
             abort(
                 context,

@@ -41,6 +41,7 @@ import grpc
 from atf_es._proto.atf.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from atf_es.app import App, Callback, FatalError, RetriableError, TaskContext
 from atf_es.events import FailureKind, LambdaPolicy, Outcome
+from atf_es.services.channels import service_channel
 from atf_es.services.hsc import REPLY_CODE_KEY
 
 __all__ = [
@@ -174,8 +175,8 @@ class Executor:
     def start(self) -> None:
         if self._threads or self._stopping.is_set():
             return
-        self._controller_channel = grpc.insecure_channel(self.controller_address)
-        self._hsc_channel = grpc.insecure_channel(self.hsc_address)
+        self._controller_channel = service_channel(self.controller_address)
+        self._hsc_channel = service_channel(self.hsc_address)
         self._controller = worker_pb2_grpc.ControllerStub(self._controller_channel)
         self._hsc = worker_pb2_grpc.HeartbeatStatusStub(self._hsc_channel)
         for index in range(self.threads):
@@ -258,7 +259,7 @@ class Executor:
                 if self._stopping.is_set():
                     return
                 errors += 1
-                delay = min(5.0, 0.05 * 2**errors)
+                delay = min(1.0, 0.05 * 2**errors)  # a local controller: come back soon
                 log.warning("NextWork failed (%s); retrying in %.1fs", _describe_rpc(exc), delay)
                 self._stopping.wait(delay)
                 continue

@@ -58,15 +58,18 @@ from atf_es.events.replies import Reply, ReplyCode
 from atf_es.services.control import ControlView
 from atf_es.services.gateway import (
     CommandGateway,
+    CommandRejectedError,
     GatewayError,
     KafkaUnavailableError,
     NoReplyError,
 )
 from atf_es.services.grpc_server import GrpcServer, abort
 from atf_es.services.hsc import REPLY_CODE_KEY
+from atf_es.services.partition import Limits, max_payload_bytes
 from atf_es.services.quota import OverQuota, Quotas
 
 MAX_ID_LENGTH = 200
+MAX_REASON_CHARS = 4_000
 MAX_BATCH = 1000
 MAX_TIME_MS = 253_402_300_800_000
 """Year 10000: a bound that keeps ``now + delay`` far from overflowing a long."""
@@ -168,6 +171,9 @@ class FrontendService(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
         self.control = control
         self.max_wait = max_wait
         self.quotas = quotas or Quotas()
+        # A payload the lambda allows may still not fit in one Kafka record with
+        # the rest of its command; refuse it here rather than poison it later.
+        self.payload_limit = max_payload_bytes(Limits(max_record_bytes=gateway.max_record_bytes))
         # ControlView is a single consumer and a plain dict: one reader at a time.
         self._control_lock = threading.Lock()
 
@@ -252,11 +258,14 @@ class FrontendService(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
         policy = self._policy(spec.lambda_name, timeout)
         if (problem := policy.check_priority(spec.priority)) is not None:
             raise _invalid(f"{where}priority: {problem}")
-        if len(spec.payload) > policy.max_payload_bytes:
-            raise _invalid(
-                f"{where}payload is {len(spec.payload)} bytes; lambda {policy.name!r} "
-                f"accepts at most {policy.max_payload_bytes}"
+        limit = min(policy.max_payload_bytes, self.payload_limit)
+        if len(spec.payload) > limit:
+            why = (
+                f"lambda {policy.name!r} accepts"
+                if limit == policy.max_payload_bytes
+                else "a Kafka record of this cluster holds"
             )
+            raise _invalid(f"{where}payload is {len(spec.payload)} bytes; {why} at most {limit}")
         command = ScheduleTask(
             _new_id(),
             task_id,
@@ -386,7 +395,11 @@ class FrontendService(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
         for index, outcome in zip(positions, outcomes, strict=True):
             result = results[index]
             if isinstance(outcome, GatewayError):
-                result.code = common_pb2.REPLY_CODE_UNSPECIFIED
+                result.code = (
+                    common_pb2.REPLY_CODE_INVALID
+                    if isinstance(outcome, CommandRejectedError)
+                    else common_pb2.REPLY_CODE_UNSPECIFIED
+                )
                 result.message = str(outcome)
                 continue
             created, reply = outcome
@@ -414,6 +427,19 @@ class FrontendService(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
         self, request: frontend_pb2.CancelRequest, context: grpc.ServicerContext
     ) -> frontend_pb2.CancelResponse:
         _require_task_id(context, request.task_id)
+        if len(request.reason) > MAX_REASON_CHARS:
+            abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"reason must be at most {MAX_REASON_CHARS} characters, got {len(request.reason)}",
+            )
+        if len(request.requested_by) > MAX_ID_LENGTH:
+            abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"requested_by must be at most {MAX_ID_LENGTH} characters, "
+                f"got {len(request.requested_by)}",
+            )
         requested_by = request.requested_by or "frontend"
         reply = self._send(
             CancelTask(_new_id(), request.task_id, requested_by, request.reason), context
@@ -473,6 +499,8 @@ def _over_quota(context: grpc.ServicerContext, over: OverQuota) -> NoReturn:
 
 
 def _gateway_abort(context: grpc.ServicerContext, error: GatewayError) -> NoReturn:
+    if isinstance(error, CommandRejectedError):
+        abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error))
     if isinstance(error, NoReplyError):
         abort(
             context,

@@ -25,14 +25,15 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_END, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_END, KafkaError, KafkaException, Message, TopicPartition
 
 from atf_es import kafka_clients
 from atf_es.clock import now_ms
 from atf_es.config import Settings
 from atf_es.events import Command
-from atf_es.events.codec import DecodeError, decode_reply, encode_command
+from atf_es.events.codec import DecodeError, EncodeError, decode_reply, encode_command
 from atf_es.events.replies import Reply
+from atf_es.services.processor import record_limit
 from atf_es.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,14 @@ class KafkaUnavailableError(GatewayError):
 
 class NoReplyError(GatewayError):
     """The command is in Kafka but no reply came in time (no processor?)."""
+
+
+class CommandRejectedError(GatewayError):
+    """The command itself cannot be sent (too large for Kafka, or unencodable).
+
+    Sending it again fails the same way: the caller's request is at fault,
+    not the system (``INVALID_ARGUMENT``, not ``UNAVAILABLE``).
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +79,8 @@ class CommandGateway:
         client_id: str = "gateway",
     ) -> None:
         self.topics = Topics(settings.topic_prefix)
+        self.max_record_bytes = record_limit(settings)
+        """The largest record Kafka takes here: what a front door checks sizes against."""
         self._producer = kafka_clients.producer(
             bootstrap,
             settings.kafka_config,
@@ -126,17 +137,32 @@ class CommandGateway:
         if pending.reply is not None:
             with self._lock:
                 self._pending[command.command_id] = pending.reply
-        value = encode_command(command, self.reply_to if wait_reply else None, now_ms())
         try:
-            self._producer.produce(
-                self.topics.commands, value, command.task_id.encode(), on_delivery=pending.delivered
-            )
+            value = encode_command(command, self.reply_to if wait_reply else None, now_ms())
+            key = command.task_id.encode()
+        except (EncodeError, UnicodeError) as exc:
+            pending.fail(CommandRejectedError(f"the command cannot be encoded: {exc}"))
+            return pending
+        try:
+            self._producer.produce(self.topics.commands, value, key, on_delivery=pending.delivered)
         except BufferError as exc:
             pending.fail(
                 KafkaUnavailableError(
                     f"the producer queue is full ({exc}); Kafka is not keeping up"
                 )
             )
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if error is not None and error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                # The record itself is refused, before anything is sent: not an outage.
+                pending.fail(
+                    CommandRejectedError(
+                        f"the command is {len(key) + len(value)} bytes with its key, more "
+                        f"than Kafka takes in one record ({error.str()})"
+                    )
+                )
+            else:
+                pending.fail(KafkaUnavailableError(f"Kafka did not take the command: {exc}"))
         return pending
 
     def _finish(self, pending: _Pending, deadline: float) -> Reply | Delivered:

@@ -1,11 +1,24 @@
-"""A gRPC server shell shared by every service: health checks and reflection on."""
+"""A gRPC server shell shared by every service: health checks and reflection on.
+
+Every service gets the same treatment of bad input before its own code runs:
+
+- a request that does not parse as the method's message (random bytes, a
+  truncated or foreign message, invalid UTF-8 in a string field) ends in
+  ``INVALID_ARGUMENT`` naming the expected message, instead of grpc's own
+  ``INTERNAL: Exception deserializing request!``;
+- a request larger than ``MAX_MESSAGE_BYTES`` ends in ``RESOURCE_EXHAUSTED``
+  (grpc's own check, configured here explicitly);
+- a status message is cut to ``MAX_STATUS_CHARS``: a message quoting a huge
+  input would otherwise overflow the client's metadata limit, and the client
+  would see a transport error instead of the sentence.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -15,11 +28,120 @@ log = logging.getLogger(__name__)
 
 Registration = Callable[[grpc.Server], None]
 
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+"""The largest request a service takes: grpc's default, made explicit."""
+MAX_STATUS_CHARS = 1_000
+"""Status messages are cut to this many characters (see the module doc)."""
+
+
+def shorten(text: str, limit: int = MAX_STATUS_CHARS) -> str:
+    """``text`` cut to ``limit`` characters (and ``2 * limit`` UTF-8 bytes), saying so.
+
+    grpc percent-encodes every non-ASCII byte of a status message, so the
+    byte bound keeps even a message of emoji well inside the metadata limit.
+    """
+    if len(text) <= limit and len(text.encode("utf-8", "replace")) <= 2 * limit:
+        return text
+    note = f"... [{len(text)} characters, cut]"
+    kept = text[: max(0, limit - len(note))]
+    while len(kept.encode("utf-8", "replace")) > 2 * limit - len(note):
+        kept = kept[: len(kept) * 3 // 4]
+    return kept + note
+
 
 def abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
     """End the call with ``code`` and a sentence (``context.abort`` raises)."""
-    context.abort(code, message)
+    context.abort(code, shorten(message))
     raise AssertionError("grpc's context.abort returned")  # pragma: no cover
+
+
+class _Malformed:
+    """What a request that does not parse deserializes to; the handler refuses it."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _lenient(deserializer: Callable[[bytes], Any], method: str) -> Callable[[bytes], Any]:
+    expected = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
+    name = getattr(expected, "full_name", None) or f"the request message of {method}"
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:
+            return _Malformed(
+                f"the request ({len(data)} bytes) is not a valid {name} message: "
+                f"{type(exc).__name__}: {exc}"
+            )
+
+    return deserialize
+
+
+def _checked(request: Any, context: grpc.ServicerContext) -> Any:
+    if isinstance(request, _Malformed):
+        abort(context, grpc.StatusCode.INVALID_ARGUMENT, request.message)
+    return request
+
+
+def _checked_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+    for request in requests:
+        yield _checked(request, context)
+
+
+class _MalformedRequests(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Answers a request that does not parse with ``INVALID_ARGUMENT`` (see the module doc)."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        method: str = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            wrapped = self._wrapped[method] = _wrap(handler, method)
+        return wrapped
+
+
+def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    deserializer = _lenient(handler.request_deserializer, method)
+    serializer = handler.response_serializer
+    if handler.unary_unary is not None:
+        unary_unary = handler.unary_unary
+        return grpc.unary_unary_rpc_method_handler(
+            lambda request, context: unary_unary(_checked(request, context), context),
+            deserializer,
+            serializer,
+        )
+    if handler.unary_stream is not None:
+        unary_stream = handler.unary_stream
+        return grpc.unary_stream_rpc_method_handler(
+            lambda request, context: unary_stream(_checked(request, context), context),
+            deserializer,
+            serializer,
+        )
+    if handler.stream_unary is not None:
+        stream_unary = handler.stream_unary
+        return grpc.stream_unary_rpc_method_handler(
+            lambda requests, context: stream_unary(_checked_stream(requests, context), context),
+            deserializer,
+            serializer,
+        )
+    stream_stream = handler.stream_stream
+    return grpc.stream_stream_rpc_method_handler(
+        lambda requests, context: stream_stream(_checked_stream(requests, context), context),
+        deserializer,
+        serializer,
+    )
 
 
 class GrpcServer:
@@ -46,7 +168,11 @@ class GrpcServer:
     def start(self) -> None:
         if self._server is not None:
             return
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=self._max_workers))
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=self._max_workers),
+            interceptors=[_MalformedRequests()],
+            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
+        )
         for register in self._registrations:
             register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

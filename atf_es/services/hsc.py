@@ -6,6 +6,14 @@ single-task call ends with a gRPC status and a sentence; the precise
 ``ReplyCode`` travels in the trailing metadata key ``atf-reply-code`` so an
 executor can tell "cancelled: stop" from "stale lease: stop" from a transient
 failure. ``SetResults`` is a batch and answers one reply per result.
+
+Requests are checked before anything is sent: a task id longer than the
+processor ever accepts (``MAX_TASK_ID_CHARS``), a worker name longer than
+``MAX_WORKER_CHARS`` or more than ``MAX_RESULTS`` results in one call end in
+``INVALID_ARGUMENT``; an error text longer than ``MAX_ERROR_CHARS`` is cut
+(it is a message for a human, and refusing it would lose the result). A
+command too large for Kafka is ``INVALID_ARGUMENT`` too (per result in
+``SetResults``: ``REPLY_CODE_INVALID``), never a retryable error.
 """
 
 from __future__ import annotations
@@ -20,12 +28,20 @@ from atf_es.events import ClaimTask, Command, Heartbeat, Outcome, SetResult
 from atf_es.events.replies import Reply, ReplyCode
 from atf_es.services.gateway import (
     CommandGateway,
+    CommandRejectedError,
     GatewayError,
     KafkaUnavailableError,
 )
-from atf_es.services.grpc_server import GrpcServer, abort
+from atf_es.services.grpc_server import GrpcServer, abort, shorten
 
 REPLY_CODE_KEY = "atf-reply-code"
+MAX_TASK_ID_CHARS = 200
+"""The longest task id the processor accepts in a ``ScheduleTask``."""
+MAX_WORKER_CHARS = 512
+"""Room for ``<hostname>-<pid>-<suffix>.<thread>`` with the longest host name."""
+MAX_ERROR_CHARS = 4_000
+"""As the executor cuts its own error texts."""
+MAX_RESULTS = 1_000
 _STATUS = {
     ReplyCode.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     ReplyCode.STALE_LEASE: grpc.StatusCode.FAILED_PRECONDITION,
@@ -68,6 +84,8 @@ class HeartbeatStatusService(worker_pb2_grpc.HeartbeatStatusServicer):  # type: 
             reply = self.gateway.send(command, timeout=self._timeout(context))
         except KafkaUnavailableError as exc:
             abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+        except CommandRejectedError as exc:
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except GatewayError as exc:
             abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
         assert isinstance(reply, Reply)
@@ -80,7 +98,7 @@ class HeartbeatStatusService(worker_pb2_grpc.HeartbeatStatusServicer):  # type: 
     def ClaimTask(
         self, request: worker_pb2.ClaimTaskRequest, context: grpc.ServicerContext
     ) -> worker_pb2.ClaimTaskResponse:
-        _require(context, task_id=request.task_id, worker=request.worker)
+        _require_ids(context, request.task_id, request.worker)
         _require_lease(context, request.lease)
         reply = self._send(
             ClaimTask(_new_id(), request.task_id, request.lease, request.worker), context
@@ -92,7 +110,7 @@ class HeartbeatStatusService(worker_pb2_grpc.HeartbeatStatusServicer):  # type: 
     def Heartbeat(
         self, request: worker_pb2.HeartbeatRequest, context: grpc.ServicerContext
     ) -> worker_pb2.HeartbeatResponse:
-        _require(context, task_id=request.task_id, worker=request.worker)
+        _require_ids(context, request.task_id, request.worker)
         _require_lease(context, request.lease)
         reply = self._send(
             Heartbeat(_new_id(), request.task_id, request.lease, request.worker), context
@@ -104,12 +122,16 @@ class HeartbeatStatusService(worker_pb2_grpc.HeartbeatStatusServicer):  # type: 
     def SetResults(
         self, request: worker_pb2.SetResultsRequest, context: grpc.ServicerContext
     ) -> worker_pb2.SetResultsResponse:
+        if len(request.results) > MAX_RESULTS:
+            abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"results holds {len(request.results)} results; a call takes at most {MAX_RESULTS}",
+            )
         commands: list[Command] = []
         for index, result in enumerate(request.results):
             where = f"results[{index}]"
-            _require(
-                context, **{f"{where}.task_id": result.task_id, f"{where}.worker": result.worker}
-            )
+            _require_ids(context, result.task_id, result.worker, f"{where}.")
             _require_lease(context, result.lease, f"{where}.lease")
             outcome = _OUTCOMES.get(result.outcome)
             if outcome is None:
@@ -125,7 +147,7 @@ class HeartbeatStatusService(worker_pb2_grpc.HeartbeatStatusServicer):  # type: 
                     result.lease,
                     result.worker,
                     outcome,
-                    result.error if result.HasField("error") else None,
+                    shorten(result.error, MAX_ERROR_CHARS) if result.HasField("error") else None,
                     result.result if result.HasField("result") else None,
                 )
             )
@@ -137,6 +159,14 @@ class HeartbeatStatusService(worker_pb2_grpc.HeartbeatStatusServicer):  # type: 
         ):
             if isinstance(outcome_or_error, Reply):
                 replies.append(reply_to_proto(outcome_or_error))
+            elif isinstance(outcome_or_error, CommandRejectedError):
+                replies.append(
+                    common_pb2.CommandReply(
+                        task_id=command.task_id,
+                        code=common_pb2.REPLY_CODE_INVALID,
+                        message=str(outcome_or_error),
+                    )
+                )
             else:
                 replies.append(
                     common_pb2.CommandReply(
@@ -148,10 +178,19 @@ class HeartbeatStatusService(worker_pb2_grpc.HeartbeatStatusServicer):  # type: 
         return worker_pb2.SetResultsResponse(replies=replies)
 
 
-def _require(context: grpc.ServicerContext, **fields: str) -> None:
-    for name, value in fields.items():
+def _require_ids(context: grpc.ServicerContext, task_id: str, worker: str, where: str = "") -> None:
+    for name, value, limit in (
+        ("task_id", task_id, MAX_TASK_ID_CHARS),
+        ("worker", worker, MAX_WORKER_CHARS),
+    ):
         if not value:
-            abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{name} is required")
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{where}{name} is required")
+        if len(value) > limit:
+            abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{where}{name} must be at most {limit} characters, got {len(value)}",
+            )
 
 
 def _require_lease(context: grpc.ServicerContext, lease: int, name: str = "lease") -> None:

@@ -6,12 +6,30 @@ Kafka transaction must write: events, execution-queue messages, replies and
 set-aside (poison) records, plus the snapshots to commit to the store once
 the transaction has committed. Nothing here writes anywhere, so a failed
 transaction leaves no trace: the shell drops the batch and starts over.
+
+Nothing a command says may stop the partition. A transaction that Kafka
+refuses is retried, so every record a batch holds must be one Kafka takes:
+
+- a command that would write a record larger than ``Limits.max_record_bytes``
+  less a headroom has no effect: it is set aside as invalid and answered so.
+  The headroom is ``SCHEDULE_HEADROOM`` for a ``ScheduleTask`` (room for what
+  the task's life adds to its snapshot: a worker name, an error, a small
+  result) and ``COMMAND_HEADROOM`` for the others (room for what later timer
+  transitions add). ``max_payload_bytes`` is the payload that always fits;
+- a reply goes only to an existing partition of this deployment's replies
+  topic; any other ``reply_to`` is an address we cannot answer (the command
+  itself is handled);
+- a set-aside record that would not fit keeps the start of the original
+  bytes and says so in its reason (the original stays in the commands topic
+  for its retention).
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 from atf_es.events import (
     Accepted,
@@ -42,9 +60,18 @@ from atf_es.events.replies import PoisonRecord, Reply, ReplyCode
 from atf_es.projections.store import TaskStore
 from atf_es.topics import Topics
 
+log = logging.getLogger(__name__)
+
 # Rejections that mean the request itself is bad, as opposed to the normal
 # refusals of a busy system (a stale lease, a task already claimed).
 _BAD_INPUT = frozenset({RejectCode.INVALID, RejectCode.UNKNOWN_LAMBDA})
+COMMAND_HEADROOM = 1_024
+"""Bytes a command's records must leave free below ``max_record_bytes``."""
+SCHEDULE_HEADROOM = 64 * 1_024
+"""Bytes a ``ScheduleTask``'s records must leave free below ``max_record_bytes``."""
+MAX_REASON_CHARS = 2_000
+MAX_POISON_KEY_BYTES = 1_024
+_PARTITION_NUMBER = re.compile(r"[0-9]{1,9}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +127,76 @@ class Limits:
     """Enqueued-but-unclaimed tasks allowed per (lambda, priority); the rest wait."""
     max_timers: int = 2_000
     """Triggers fired per partition per poll, so one poll cannot grow without bound."""
+    max_record_bytes: int = 1_000_000
+    """The largest record (key + value) Kafka takes: the producer's ``message.max.bytes``."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Mark:
+    """A batch as it was before one command: what undoing the command restores."""
+
+    events: int
+    work: int
+    replies: int
+    poison: int
+    task_id: str
+    task: Task | None
+    enqueued: dict[tuple[str, int], int]
+
+    @classmethod
+    def of(cls, batch: Batch, task_id: str) -> _Mark:
+        return cls(
+            len(batch.events),
+            len(batch.work),
+            len(batch.replies),
+            len(batch.poison),
+            task_id,
+            batch.tasks.get(task_id),
+            dict(batch.enqueued),
+        )
+
+    def added(self, batch: Batch) -> list[Outgoing]:
+        return [
+            *batch.events[self.events :],
+            *batch.work[self.work :],
+            *batch.replies[self.replies :],
+        ]
+
+    def undo(self, batch: Batch) -> None:
+        del batch.events[self.events :]
+        del batch.work[self.work :]
+        del batch.replies[self.replies :]
+        del batch.poison[self.poison :]
+        if self.task is None:
+            batch.tasks.pop(self.task_id, None)
+        else:
+            batch.tasks[self.task_id] = self.task
+        batch.enqueued.clear()
+        batch.enqueued.update(self.enqueued)
+
+
+def max_payload_bytes(limits: Limits = Limits()) -> int:
+    """The largest payload whose ``ScheduleTask`` is never too large (with ids of
+    at most 200 characters); what a front door can check before sending one."""
+    return limits.max_record_bytes - SCHEDULE_HEADROOM - 2 * 1_024
+
+
+def _size(out: Outgoing) -> int:
+    return len(out.value) + len(out.key or b"")
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... [{len(text)} characters, cut]"
+
+
+def _large_fields(command: Command) -> str:
+    found = []
+    for f in fields(command):
+        value = getattr(command, f.name)
+        if isinstance(value, str | bytes) and len(value) > 1_000:
+            unit = "characters" if isinstance(value, str) else "bytes"
+            found.append(f"{f.name} is {len(value)} {unit}")
+    return f" ({', '.join(found)})" if found else ""
 
 
 class PartitionCore:
@@ -112,12 +209,16 @@ class PartitionCore:
         policies: PolicyLookup,
         topics: Topics,
         limits: Limits = Limits(),
+        *,
+        reply_partition_exists: Callable[[int], bool] | None = None,
     ) -> None:
         self.partition = partition
         self.store = store
         self.policies = policies
         self.topics = topics
         self.limits = limits
+        self.reply_partition_exists = reply_partition_exists
+        """Whether the replies topic has a partition; None: do not check."""
 
     # -- reading through the batch ---------------------------------------
 
@@ -144,7 +245,25 @@ class PartitionCore:
             except DecodeError as exc:
                 self._set_aside(batch, record, f"undecodable command: {exc}")
                 continue
+            mark = _Mark.of(batch, envelope.command.task_id)
             self._apply_command(batch, record, envelope)
+            if (problem := self._too_large(batch, mark, envelope.command)) is not None:
+                mark.undo(batch)
+                self._set_aside(batch, record, f"{RejectCode.INVALID}: {problem}")
+                rejected = Rejected(RejectCode.INVALID, problem)
+                self._reply(batch, envelope, envelope.command, rejected, None, shrink=True)
+
+    def _too_large(self, batch: Batch, mark: _Mark, command: Command) -> str | None:
+        """Why the records ``command`` added cannot be written, if they cannot."""
+        headroom = SCHEDULE_HEADROOM if isinstance(command, ScheduleTask) else COMMAND_HEADROOM
+        limit = self.limits.max_record_bytes - headroom
+        for out in mark.added(batch):
+            if (size := _size(out)) > limit:
+                return (
+                    f"the command is too large{_large_fields(command)}: it would write a "
+                    f"{size}-byte record to {out.topic}, and a record takes at most {limit}"
+                )
+        return None
 
     def _apply_command(self, batch: Batch, record: RawCommand, envelope: CommandEnvelope) -> None:
         command = envelope.command
@@ -179,12 +298,33 @@ class PartitionCore:
         command: Command,
         decision: Accepted | Rejected,
         task: Task | None,
+        *,
+        shrink: bool = False,
     ) -> None:
+        """Answer ``envelope.reply_to``; with ``shrink``, cut the reply to fit, or drop it."""
         if not envelope.reply_to:
             return
-        topic, _, partition = envelope.reply_to.rpartition(":")
-        if not topic or not partition.isdigit():
-            return  # an address we cannot answer; the command itself was handled
+        topic, _, number = envelope.reply_to.rpartition(":")
+        if (
+            topic != self.topics.replies
+            or not _PARTITION_NUMBER.fullmatch(number)
+            or (
+                self.reply_partition_exists is not None
+                and not self.reply_partition_exists(int(number))
+            )
+        ):
+            # An address we cannot answer (the command itself was handled): a
+            # reply there would fail the transaction, again and again, or land
+            # in a topic that is not for replies.
+            log.warning(
+                "partition %d: not answering command %.100r at %.200r: not a partition of %s",
+                self.partition,
+                command.command_id,
+                envelope.reply_to,
+                self.topics.replies,
+            )
+            return
+        partition = int(number)
         if isinstance(decision, Rejected):
             reply = Reply(
                 command.command_id,
@@ -196,21 +336,55 @@ class PartitionCore:
             )
         else:
             reply = Reply(command.command_id, command.task_id, True, ReplyCode.OK, "", task)
-        batch.replies.append(
-            Outgoing(topic, command.task_id.encode(), encode_reply(reply), int(partition))
-        )
+        out = Outgoing(topic, command.task_id.encode(), encode_reply(reply), partition)
+        if shrink and _size(out) > self.limits.max_record_bytes:
+            reply = replace(reply, message=_cut(reply.message, MAX_REASON_CHARS), task=None)
+            out = Outgoing(topic, command.task_id.encode(), encode_reply(reply), partition)
+            if _size(out) > self.limits.max_record_bytes:
+                log.warning(
+                    "partition %d: dropping the %d-byte reply to command %.100r: too large",
+                    self.partition,
+                    _size(out),
+                    command.command_id,
+                )
+                return
+        batch.replies.append(out)
 
     def _set_aside(self, batch: Batch, record: RawCommand, reason: str) -> None:
+        reason = _cut(reason, MAX_REASON_CHARS)
+        key, value = record.key, record.value or b""
         poison = PoisonRecord(
             source_topic=self.topics.commands,
             partition=self.partition,
             offset=record.offset,
-            key=record.key,
-            value=record.value or b"",
+            key=key,
+            value=value,
             reason=reason,
             at=batch.now,
         )
-        batch.poison.append(Outgoing(self.topics.poison, record.key, encode_poison(poison)))
+        out = Outgoing(self.topics.poison, key, encode_poison(poison))
+        if _size(out) > self.limits.max_record_bytes:
+            # Keep what fits: the reason, where the original is, and its start.
+            kept_key = None if key is None else key[:MAX_POISON_KEY_BYTES]
+            spare = (
+                self.limits.max_record_bytes
+                - COMMAND_HEADROOM
+                - 2 * len(kept_key or b"")
+                - len(reason.encode())
+                - len(self.topics.commands.encode())
+            )
+            kept_value = value[: max(0, spare)]
+            poison = replace(
+                poison,
+                key=kept_key,
+                value=kept_value,
+                reason=f"{reason} [cut short to fit a record: the first {len(kept_value)} of "
+                f"{len(value)} value bytes and {len(kept_key or b'')} of {len(key or b'')} key "
+                f"bytes are kept; the original is at {self.topics.commands}[{self.partition}] "
+                f"offset {record.offset}]",
+            )
+            out = Outgoing(self.topics.poison, kept_key, encode_poison(poison))
+        batch.poison.append(out)
 
     # -- timers ----------------------------------------------------------
 
@@ -294,5 +468,6 @@ __all__ = [
     "PartitionCore",
     "PolicyLookup",
     "RawCommand",
+    "max_payload_bytes",
     "new_batch",
 ]

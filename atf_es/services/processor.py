@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 
 TXN_TIMEOUT_S = 30.0
 RESTORE_CHUNK = 5_000
+DEFAULT_MESSAGE_MAX_BYTES = 1_000_000
+"""librdkafka's default ``message.max.bytes``."""
+REPLY_METADATA_REFRESH_S = 1.0
 _FENCED = frozenset(
     {
         KafkaError._FENCED,
@@ -104,7 +107,8 @@ class Processor:
         # Each partition's owner sees only its own tasks, so the cluster-wide
         # cap is split evenly between the partitions.
         self.limits = limits or Limits(
-            max_enqueued=max(1, settings.max_enqueued // settings.partitions)
+            max_enqueued=max(1, settings.max_enqueued // settings.partitions),
+            max_record_bytes=record_limit(settings),
         )
         self.clock = clock
         self.data_dir = Path(settings.data_dir) / "processor" / self.instance_id
@@ -113,7 +117,9 @@ class Processor:
         self._stop = threading.Event()
         self._consumer: Consumer | None = None
         self._control: ControlView | None = None
-        self._refreshed: set[str] = set()
+        self._refreshed = False
+        self._reply_partitions = 0
+        self._reply_metadata_at = -REPLY_METADATA_REFRESH_S
         self._thread: threading.Thread | None = None
         self.failed = False
         self.ready = threading.Event()
@@ -160,6 +166,7 @@ class Processor:
                 "client.id": f"processor-{self.instance_id}",
             },
         )
+        self._reply_partition_exists(0)  # learn the replies topic's partitions now
         self._consumer.subscribe(
             [self.topics.commands],
             on_assign=self._on_assign,
@@ -222,7 +229,14 @@ class Processor:
             self.stats.rebuilt_stores += 1
             log.warning("partition %d: projection unreadable; rebuilding from the log", partition)
         self._restore(partition, store)
-        core = PartitionCore(partition, store, self._policy, self.topics, self.limits)
+        core = PartitionCore(
+            partition,
+            store,
+            self._policy,
+            self.topics,
+            self.limits,
+            reply_partition_exists=self._reply_partition_exists,
+        )
         self._owned[partition] = _Owned(partition, producer, store, core)
 
     def _release(self, partition: int) -> None:
@@ -250,12 +264,33 @@ class Processor:
     def _policy(self, lambda_name: str) -> LambdaPolicy | None:
         assert self._control is not None
         policy = self._control.get(lambda_name)
-        if policy is None and lambda_name not in self._refreshed:
-            # Defined a moment ago? Read the control topic to its end once per batch.
-            self._refreshed.add(lambda_name)
+        if policy is None and not self._refreshed:
+            # Defined a moment ago? Read the control topic to its end, once per
+            # batch however many unknown names it holds (garbage may hold many).
+            self._refreshed = True
             self._control.catch_up(timeout=5.0)
             policy = self._control.get(lambda_name)
         return policy
+
+    def _reply_partition_exists(self, partition: int) -> bool:
+        """Whether the replies topic has ``partition``; asks Kafka at most once a second."""
+        now = time.monotonic()
+        consumer = self._consumer
+        if (
+            partition >= self._reply_partitions
+            and consumer is not None
+            and now - self._reply_metadata_at >= REPLY_METADATA_REFRESH_S
+        ):
+            self._reply_metadata_at = now
+            try:
+                metadata = consumer.list_topics(self.topics.replies, timeout=5.0)
+            except KafkaException as exc:
+                log.warning("reading the partitions of %s: %s", self.topics.replies, exc)
+            else:
+                topic = metadata.topics.get(self.topics.replies)
+                if topic is not None and topic.error is None:
+                    self._reply_partitions = len(topic.partitions)
+        return partition < self._reply_partitions
 
     def _poll_once(self) -> None:
         assert self._consumer is not None and self._control is not None
@@ -267,7 +302,7 @@ class Processor:
         if first is not None and self.settings.max_batch > 1:
             messages += self._consumer.consume(num_messages=self.settings.max_batch - 1, timeout=0)
         self._control.poll()
-        self._refreshed.clear()
+        self._refreshed = False
         by_partition: dict[int, list[RawCommand]] = defaultdict(list)
         for message in messages:
             if message.error() is not None:
@@ -371,6 +406,15 @@ class Processor:
             return
         if first_offset is not None and self._consumer is not None:
             self._consumer.seek(TopicPartition(self.topics.commands, batch.partition, first_offset))
+
+
+def record_limit(settings: Settings) -> int:
+    """The largest record the processor's producers take: ``message.max.bytes``."""
+    configured = settings.kafka_config.get("message.max.bytes")
+    try:
+        return int(configured) if configured else DEFAULT_MESSAGE_MAX_BYTES
+    except ValueError:
+        return DEFAULT_MESSAGE_MAX_BYTES
 
 
 def _partition(message: Message) -> int:

@@ -301,13 +301,14 @@ def test_a_batch_of_200(system: System) -> None:
 
 
 def test_a_lambda_over_its_quota_is_resource_exhausted_with_a_retry_hint(system: System) -> None:
-    prepare(system.settings, LambdaPolicy("metered", schedule_rate=2.0, schedule_burst=3))
+    # One token every 4 s: the checks below take far less, so none comes back meanwhile.
+    prepare(system.settings, LambdaPolicy("metered", schedule_rate=0.25, schedule_burst=3))
     client = system.client
     admitted = [client.schedule("metered") for _ in range(3)]
     with pytest.raises(ResourceExhausted, match="over its scheduling quota") as refused:
         client.schedule("metered", idempotency_key="refused-key")
     assert refused.value.retry_after is not None
-    assert 0 < refused.value.retry_after <= 0.5
+    assert 0 < refused.value.retry_after <= 4.0
     # Nothing was recorded for the refused task; the admitted ones are there.
     with pytest.raises(TaskNotFound):
         client.get(idempotent_task_id("metered", "refused-key"))
@@ -325,7 +326,7 @@ def test_a_lambda_over_its_quota_is_resource_exhausted_with_a_retry_hint(system:
             stub.Schedule(frontend_pb2.ScheduleRequest(spec=spec), timeout=10)
     assert raw.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
     trailers = dict(raw.value.trailing_metadata())  # type: ignore[attr-defined]
-    assert 0 < int(trailers[RETRY_AFTER_KEY]) <= 500
+    assert 0 < int(trailers[RETRY_AFTER_KEY]) <= 4000
 
     # Waiting as told is enough.
     def admitted_again() -> str | None:

@@ -55,6 +55,7 @@ class Recorder:
     started: threading.Event = field(default_factory=threading.Event)
     saw_cancel: threading.Event = field(default_factory=threading.Event)
     attempts: list[int] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
 
 
 def make_app(recorder: Recorder) -> App:
@@ -86,6 +87,12 @@ def make_app(recorder: Recorder) -> App:
     @app.lambda_("ordered", priorities=3, **FAST)
     def ordered(task: TaskContext) -> None:
         recorder.order.append(task.priority)
+
+    @app.lambda_("steady", **FAST)
+    def steady(task: TaskContext) -> str:
+        recorder.started.set()
+        recorder.release.wait(30)
+        return "released"
 
     @app.lambda_("looping", **FAST)
     def looping(task: TaskContext) -> str:
@@ -246,6 +253,19 @@ def test_a_task_failing_every_attempt_is_dead_lettered(system: System) -> None:
     wait_for(lambda: executor.stats.failed == 2, 5, "two failed attempts to be reported")
 
 
+def test_new_work_wakes_the_executor_that_can_take_it(system: System) -> None:
+    # Condition.notify() wakes the longest waiter: with executors of other
+    # lambdas waiting first, waking a single waiter would leave "ok" asleep
+    # for its whole long poll (30 s here).
+    for name in ("fatal", "failing", "flaky"):
+        system.executor(name, threads=1, wait_ms=30_000)
+    wait_for(lambda: system.controller.stats.waiting == 3, 20, "3 idle executors to wait")
+    system.executor("ok", threads=1, wait_ms=30_000)
+    wait_for(lambda: system.controller.stats.waiting == 4, 20, "the 4th idle executor to wait")
+    task_id = system.schedule("ok")
+    system.wait_status(task_id, TaskStatus.SUCCESS, timeout=15)
+
+
 def test_buffered_tasks_run_highest_priority_first(system: System) -> None:
     task_ids = [system.schedule("ordered", priority=p) for p in (0, 1, 2)]
     wait_for(
@@ -273,6 +293,30 @@ def test_cancelling_a_running_task_stops_it_at_its_next_heartbeat(system: System
     assert task.status is TaskStatus.CANCELLED
     assert task.result is None
     assert executor.stats.succeeded == 0
+
+
+def test_an_hsc_restart_between_two_heartbeats_costs_the_running_task_nothing(
+    system: System,
+) -> None:
+    # gRPC's default reconnect backoff (1 s, growing) would fail the next
+    # heartbeats fast even after the HSC is back, and 3 failures end the work.
+    executor = system.executor("steady", threads=1)
+    task_id = system.schedule("steady")
+    assert system.recorder.started.wait(20), "the callback did not start"
+    system.wait_status(task_id, TaskStatus.PROCESSING)
+    good = executor.stats.heartbeats
+    wait_for(lambda: executor.stats.heartbeats > good, 5, "a heartbeat after the start")
+    port = system.hsc.port
+    system.hsc.stop(grace=0)
+    wait_for(lambda: executor.stats.heartbeat_failures >= 1, 5, "a heartbeat to fail")
+    system.hsc = hsc_server(system.gateway, f"127.0.0.1:{port}")
+    system.hsc.start()
+    beats = executor.stats.heartbeats
+    wait_for(lambda: executor.stats.heartbeats > beats, 10, "a heartbeat to the new HSC")
+    system.recorder.release.set()
+    assert system.wait_status(task_id, TaskStatus.SUCCESS).result == b"released"
+    assert executor.stats.heartbeats_lost == 0
+    assert executor.stats.heartbeat_failures < 3
 
 
 def test_three_failed_heartbeats_end_the_work(system: System) -> None:

@@ -1,0 +1,35 @@
+"""The torture run, short: every fault kind at least once, then the checker's verdict.
+
+The long run is ``python -m torture --duration 1800`` (see docs/reliability.md);
+this one runs in CI so that a change that breaks a guarantee under faults
+fails the build, not only the next long run.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from atf_es.config import Settings
+from torture.run import FAULT_KINDS, Options, render, run
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_short_torture_run_loses_nothing_and_never_overlaps(
+    settings: Settings, tmp_path: Path
+) -> None:
+    settings = replace(settings, partitions=4, session_timeout_ms=6000)
+    out = io.StringIO()
+    outcome = run(settings, tmp_path, Options(duration=80.0, rate=3.0, seed=7), out)
+    shown = f"{out.getvalue()}\n{render(outcome)}"
+    print(shown)
+    assert outcome.ok, shown
+    injected = outcome.figures["faults"]
+    assert isinstance(injected, dict)
+    assert set(injected) == set(FAULT_KINDS), shown
+    assert outcome.report.tasks >= 200, shown
+    assert outcome.figures["lost"] == 0 and outcome.figures["overlaps"] == 0

@@ -1,0 +1,1 @@
+"""The torture suite: real processes, injected faults, a checker (see ``torture.run``)."""
