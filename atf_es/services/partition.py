@@ -388,11 +388,17 @@ class PartitionCore:
 
     # -- timers ----------------------------------------------------------
 
-    def fire_due(self, batch: Batch) -> None:
-        """What the store consumer does on every poll."""
+    def fire_due(self, batch: Batch, *, timeouts: bool = True) -> None:
+        """What the store consumer does on every poll.
+
+        ``timeouts=False`` holds the enqueue, claim and heartbeat timeouts (the
+        processor does while commands that may answer them are unread) and
+        fires only what is ready: due tasks and retries.
+        """
         budget = self.limits.max_timers
-        for _, task_id in self.store.due_timeouts(batch.now, budget):
-            budget -= self._timer(batch, task_id)
+        if timeouts:
+            for _, task_id in self.store.due_timeouts(batch.now, budget):
+                budget -= self._timer(batch, task_id)
         # Highest priority first, so that a shared budget favours it.
         pairs = sorted(self.store.waiting(), key=lambda pair: (-pair[1], pair[0]))
         for lambda_name, priority in pairs:

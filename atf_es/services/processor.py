@@ -77,7 +77,21 @@ class ProcessorStats:
     restored_events: int = 0
     rebuilt_stores: int = 0
     bad_event_records: int = 0
+    timeouts_held: int = 0
+    """Batches whose timeouts waited for the partition's command backlog."""
     owned: list[int] = field(default_factory=list)
+
+
+TIMEOUTS_HELD_MAX_S = 2.0
+"""How long a partition's timeouts may wait for its command backlog at most.
+
+Commands come before timeouts: a heartbeat or result that reached the log
+before its task's deadline, but is still unread behind a backlog (after a
+takeover, the whole time the partition had no owner), must be applied before
+the deadline is judged, or a task that was alive and well runs twice. While
+the partition is behind, its timeouts are held; a flood that never lets it
+catch up still fires them every ``TIMEOUTS_HELD_MAX_S``. Holding a timeout
+only ever makes it later, which never lets two executions overlap."""
 
 
 @dataclass
@@ -86,6 +100,12 @@ class _Owned:
     producer: Producer
     store: RocksTaskStore
     core: PartitionCore
+    next_offset: int = -1
+    """The next commands offset to handle (-1: none handled since the assignment)."""
+    end_at_assignment: int = -1
+    """The end of the commands partition when it was assigned (-1: unknown)."""
+    handled_any: bool = False
+    held_since: float | None = None
 
 
 class Processor:
@@ -199,6 +219,7 @@ class Processor:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self._acquire(tp.partition)
+            self._note_backlog(consumer, tp.partition)
         # A partition we were fenced on was paused; librdkafka keeps it paused
         # across rebalances, so being given it again must undo that.
         consumer.resume(partitions)
@@ -238,6 +259,43 @@ class Processor:
             reply_partition_exists=self._reply_partition_exists,
         )
         self._owned[partition] = _Owned(partition, producer, store, core)
+
+    def _note_backlog(self, consumer: Consumer, partition: int) -> None:
+        """Where this partition's commands start and end now: the backlog to read first."""
+        owned = self._owned.get(partition)
+        if owned is None:
+            return
+        tp = TopicPartition(self.topics.commands, partition)
+        try:
+            (committed,) = consumer.committed([tp], timeout=5.0)
+            _, end = consumer.get_watermark_offsets(tp, timeout=5.0)
+        except KafkaException as exc:
+            log.warning("partition %d: cannot read its backlog's bounds: %s", partition, exc)
+            return
+        owned.next_offset = committed.offset if committed.offset >= 0 else 0
+        owned.end_at_assignment = end
+
+    def _may_fire_timeouts(self, owned: _Owned, handled: bool) -> bool:
+        """Whether this partition's timeouts fire in this batch (see ``TIMEOUTS_HELD_MAX_S``)."""
+        assert self._consumer is not None
+        tp = TopicPartition(self.topics.commands, owned.partition)
+        _, end = self._consumer.get_watermark_offsets(tp, cached=True)
+        # A partition whose poll brought nothing is caught up, unless nothing
+        # came since the assignment: the first fetch may not have landed yet.
+        behind = (handled or not owned.handled_any) and owned.next_offset < max(
+            end, owned.end_at_assignment
+        )
+        now = time.monotonic()
+        if not behind:
+            owned.held_since = None
+            return True
+        if owned.held_since is None:
+            owned.held_since = now
+        if now - owned.held_since < TIMEOUTS_HELD_MAX_S:
+            self.stats.timeouts_held += 1
+            return False
+        owned.held_since = now
+        return True
 
     def _release(self, partition: int) -> None:
         owned = self._owned.pop(partition, None)
@@ -316,7 +374,10 @@ class Processor:
             records = by_partition.get(partition, [])
             batch = new_batch(partition, now)
             owned.core.handle(batch, records)
-            owned.core.fire_due(batch)
+            if records:
+                owned.next_offset = records[-1].offset + 1
+                owned.handled_any = True
+            owned.core.fire_due(batch, timeouts=self._may_fire_timeouts(owned, bool(records)))
             if batch.empty:
                 continue
             self._commit(owned, batch, records[0].offset if records else None)

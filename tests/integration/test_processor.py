@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 
+from atf_es.clock import now_ms
 from atf_es.config import Settings
 from atf_es.events import (
     CancelTask,
@@ -304,7 +305,67 @@ def test_a_task_runs_to_success_through_raw_commands(
 
 
 def _schedule_command(task_id: str, lambda_name: str = "send_email"):  # type: ignore[no-untyped-def]
-    from atf_es.clock import now_ms
     from atf_es.events import ScheduleTask
 
     return ScheduleTask(uuid.uuid4().hex, task_id, lambda_name, "default", 0, b"", now_ms())
+
+
+def test_commands_waiting_at_a_takeover_come_before_the_timeouts(settings: Settings) -> None:
+    # A heartbeat in the log before its task's deadline, but unread behind a
+    # backlog while the partition had no owner, must count: the new owner reads
+    # its backlog before it judges timeouts.
+    one = replace(settings, partitions=1)
+    beating = LambdaPolicy(
+        "beating", heartbeat_interval_ms=300, heartbeat_margin_ms=300, heartbeat_timeout_ms=2_000
+    )
+    prepare(one, beating, EMAIL)
+    assert one.kafka_bootstrap is not None
+    sender = CommandSender(one)
+    log = EventLog(one)
+    first = Processor(one, one.kafka_bootstrap, instance_id="first")
+    first.start()
+    try:
+        assert first.ready.wait(30), "the first processor did not join its group"
+        task_id = sender.schedule("beating")
+        sender.flush()
+        log.wait_until(lambda lg: task_id in lg.latest(), message="the task recorded")
+        sender.send(ClaimTask(uuid.uuid4().hex, task_id, 1, "w"))
+        sender.send(Heartbeat(uuid.uuid4().hex, task_id, 1, "w"))
+        sender.flush()
+        started = log.wait_until(
+            lambda lg: (
+                (t := lg.latest().get(task_id)) is not None
+                and t.status is TaskStatus.PROCESSING
+                and t
+            ),
+            message="the task processing",
+        )
+    finally:
+        first.stop()
+    for _ in range(3_000):
+        sender.schedule("send_email")
+    sender.send(Heartbeat(uuid.uuid4().hex, task_id, 1, "w"))
+    sender.flush()
+    deadline = started.next_trigger_at
+    assert deadline is not None
+    wait_for(lambda: now_ms() > deadline + 300, 10, "the task's heartbeat deadline to pass")
+    second = Processor(one, one.kafka_bootstrap, instance_id="second")
+    second.start()
+    try:
+        assert second.ready.wait(30), "the second processor did not join its group"
+        wait_for(lambda: second.stats.commands >= 3_001, 30, "the backlog to be read")
+        log.wait_until(
+            lambda lg: len(lg.history().get(task_id, [])) >= 5, message="the heartbeat applied"
+        )
+    finally:
+        second.stop()
+    kinds = [type(e).__name__ for e, _ in log.history()[task_id]]
+    assert kinds[:5] == [
+        "TaskScheduled",
+        "TaskEnqueued",
+        "TaskClaimed",
+        "TaskStarted",
+        "HeartbeatRecorded",
+    ], kinds
+    assert second.stats.timeouts_held > 0
+    log.close()
