@@ -357,6 +357,39 @@ class Outcome:
         return self.report.ok and not self.problems
 
 
+def pinned_partitions(settings: Settings) -> list[str]:
+    """Partitions whose last stable offset lags their end: an open transaction pins them.
+
+    With every producer stopped or fenced, none should: a pinned partition
+    hides everything after the pin from every ``read_committed`` reader
+    (replies, work items, events). The embedded broker has been seen to pin
+    partitions for good after a processor was killed mid-transaction.
+    """
+    assert settings.kafka_bootstrap is not None
+    committed = kafka_clients.consumer(settings.kafka_bootstrap, kafka_config=settings.kafka_config)
+    everything = kafka_clients.consumer(
+        settings.kafka_bootstrap,
+        kafka_config=settings.kafka_config,
+        overrides={"isolation.level": "read_uncommitted"},
+    )
+    found: list[str] = []
+    try:
+        topics = committed.list_topics(timeout=10).topics
+        for name, topic in sorted(topics.items()):
+            if not name.startswith(f"{settings.topic_prefix}."):
+                continue
+            for partition in sorted(topic.partitions):
+                tp = TopicPartition(name, partition)
+                stable = committed.get_watermark_offsets(tp, timeout=10)[1]
+                end = everything.get_watermark_offsets(tp, timeout=10)[1]
+                if stable < end:
+                    found.append(f"{name}[{partition}]: stable to {stable}, ends at {end}")
+    finally:
+        committed.close()
+        everything.close()
+    return found
+
+
 def _percentiles(values: Sequence[float]) -> dict[str, float]:
     if not values:
         return {}
@@ -459,6 +492,12 @@ def run(settings: Settings, workdir: Path, options: Options, out: TextIO = sys.s
             grace_ns=int(POLICY["heartbeat_timeout_ms"]) * 1_000_000,
         )
         problems += injector.problems
+        pinned = pinned_partitions(settings)
+        if pinned:
+            problems.append(
+                f"the broker pins {len(pinned)} partitions behind an open transaction "
+                f"(read_committed readers see nothing after it): {'; '.join(pinned[:6])}"
+            )
         if watcher.undecodable:
             problems.append(f"{watcher.undecodable} undecodable records on the events topic")
         figures = _figures(

@@ -53,7 +53,7 @@ from atf_es.events.codec import DecodeError, decode_work
 from atf_es.services.channels import service_channel
 from atf_es.services.control import ControlView
 from atf_es.services.grpc_server import GrpcServer, abort
-from atf_es.services.hsc import MAX_WORKER_CHARS, REPLY_CODE_KEY
+from atf_es.services.hsc import MAX_WORKER_CHARS, REFUSAL_CODES, REPLY_CODE_KEY
 from atf_es.topics import Topics
 
 __all__ = ["Controller", "ControllerStats"]
@@ -67,16 +67,10 @@ CLAIM_ATTEMPTS = 3
 CLAIM_RETRY_DELAY_S = 0.1
 POLL_TIMEOUT_S = 0.05
 
-# The HSC refused the claim for good: the item is a leftover (or its task is
-# gone or cancelled). Anything else may be transient and is retried.
-_REFUSED = frozenset(
-    {
-        grpc.StatusCode.FAILED_PRECONDITION,
-        grpc.StatusCode.ABORTED,
-        grpc.StatusCode.NOT_FOUND,
-        grpc.StatusCode.INVALID_ARGUMENT,
-    }
-)
+# A claim refused for good (hsc.REFUSAL_CODES: the item is a leftover, or its
+# task is gone or cancelled) is discarded; so is one the HSC failed on
+# (_BROKEN, below). Anything else may be transient and is retried.
+#
 # The HSC failed on this very item (an input it cannot take, or a bug the item
 # hits): asking again fails the same way, and an item put back at the head of
 # its buffer would block every item behind it for good. Discarded like a
@@ -502,7 +496,7 @@ class Controller:
                 hsc.ClaimTask(request, timeout=timeout)
             except grpc.RpcError as error:
                 code = error.code()
-                if code in _REFUSED or code in _BROKEN:
+                if code in REFUSAL_CODES or code in _BROKEN:
                     reply_code = dict(error.trailing_metadata() or ()).get(REPLY_CODE_KEY)
                     log.log(
                         logging.WARNING if code in _BROKEN else logging.DEBUG,

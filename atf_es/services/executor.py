@@ -42,7 +42,7 @@ from atf_es._proto.atf.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from atf_es.app import App, Callback, FatalError, RetriableError, TaskContext
 from atf_es.events import FailureKind, LambdaPolicy, Outcome
 from atf_es.services.channels import service_channel
-from atf_es.services.hsc import REPLY_CODE_KEY
+from atf_es.services.hsc import REFUSAL_CODES, REPLY_CODE_KEY
 
 __all__ = [
     "EXIT_HEARTBEAT_LOST",
@@ -63,14 +63,6 @@ RESULT_ATTEMPTS = 5
 RESULT_DEADLINE_S = 10.0
 
 # The HSC answered: this task is not ours to run any more.
-_STOP_CODES = frozenset(
-    {
-        grpc.StatusCode.ABORTED,
-        grpc.StatusCode.FAILED_PRECONDITION,
-        grpc.StatusCode.NOT_FOUND,
-        grpc.StatusCode.INVALID_ARGUMENT,
-    }
-)
 _OUTCOME_PROTO = {
     Outcome.SUCCESS: worker_pb2.OUTCOME_SUCCESS,
     Outcome.RETRIABLE: worker_pb2.OUTCOME_RETRIABLE,
@@ -351,7 +343,7 @@ class Executor:
             hsc.Heartbeat(request, timeout=self.heartbeat_deadline)
         except grpc.RpcError as error:
             code = error.code()
-            if code in _STOP_CODES:
+            if code in REFUSAL_CODES:
                 reason = dict(error.trailing_metadata() or ()).get(REPLY_CODE_KEY, code.name)
                 log.info(
                     "task %s (lease %d) must stop: %s (%s)",

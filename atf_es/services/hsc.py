@@ -51,6 +51,18 @@ _STATUS = {
     ReplyCode.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
     ReplyCode.UNKNOWN_LAMBDA: grpc.StatusCode.NOT_FOUND,
 }
+REFUSAL_CODES = frozenset(
+    {
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.INVALID_ARGUMENT,
+    }
+)
+"""The statuses of a claim or heartbeat the HSC refused for good (stale lease,
+cancelled, no such task, bad request): asking again with the same lease gets
+the same answer, so the caller lets go of the task. Anything else
+(``UNAVAILABLE``, ``DEADLINE_EXCEEDED``) may succeed on a retry."""
 _OUTCOMES = {
     worker_pb2.OUTCOME_SUCCESS: Outcome.SUCCESS,
     worker_pb2.OUTCOME_RETRIABLE: Outcome.RETRIABLE,

@@ -119,8 +119,10 @@ class Processor:
         instance_id: str | None = None,
         limits: Limits | None = None,
         clock: Callable[[], int] = now_ms,
+        stable_wait: float | None = None,
     ) -> None:
         self.settings = settings
+        self.stable_wait = STABLE_WAIT_S if stable_wait is None else stable_wait
         self.bootstrap = bootstrap
         self.topics = Topics(settings.topic_prefix)
         self.instance_id = instance_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -142,6 +144,8 @@ class Processor:
         self._reply_metadata_at = -REPLY_METADATA_REFRESH_S
         self._thread: threading.Thread | None = None
         self.failed = False
+        self.failure: BaseException | None = None
+        """Why the processor stopped on its own, when ``failed``."""
         self.ready = threading.Event()
         """Set once the processor has joined the group and owns its first partitions."""
 
@@ -158,7 +162,8 @@ class Processor:
     def _run_logged(self) -> None:
         try:
             self.run()
-        except Exception:
+        except Exception as exc:
+            self.failure = exc
             log.exception("processor %s crashed", self.instance_id)
             self.failed = True
             raise
@@ -307,7 +312,14 @@ class Processor:
 
     def _restore(self, partition: int, store: RocksTaskStore) -> None:
         started = time.monotonic()
-        result = restore_partition(self.settings, self.bootstrap, partition, store, stop=self._stop)
+        result = restore_partition(
+            self.settings,
+            self.bootstrap,
+            partition,
+            store,
+            stop=self._stop,
+            stable_wait=self.stable_wait,
+        )
         self.stats.restored_events += result.events
         self.stats.bad_event_records += result.unreadable
         log.info(
@@ -490,6 +502,68 @@ def _offset(message: Message) -> int:
     return offset
 
 
+STABLE_WAIT_S = 30.0
+"""How long a restore waits for an open transaction on its event log to end."""
+
+
+class UnstableLogError(RuntimeError):
+    """An open transaction hides part of a partition's event log from us.
+
+    After ``init_transactions`` fenced the partition's previous owner, only a
+    foreign transactional writer (or a broker that failed to abort the fenced
+    one) can keep a transaction open on it. Restoring up to the last stable
+    offset would build the projection from part of the log, and every
+    decision after it would be wrong, so the processor refuses the partition.
+    """
+
+
+def _stable_end(
+    reader: Consumer,
+    settings: Settings,
+    bootstrap: str,
+    source: TopicPartition,
+    *,
+    wait: float,
+    stop: threading.Event | None,
+) -> tuple[int, int]:
+    """``(low, end)`` of ``source`` once no open transaction hides part of it."""
+    everything = kafka_clients.consumer(
+        bootstrap,
+        kafka_config=settings.kafka_config,
+        overrides={"isolation.level": "read_uncommitted"},
+    )
+    try:
+        deadline = time.monotonic() + wait
+        warned = False
+        while True:
+            low, stable = reader.get_watermark_offsets(source, timeout=TXN_TIMEOUT_S)
+            _, end = everything.get_watermark_offsets(source, timeout=TXN_TIMEOUT_S)
+            if stable >= end:
+                return low, stable
+            if time.monotonic() >= deadline or (stop is not None and stop.is_set()):
+                raise UnstableLogError(
+                    f"{source.topic}[{source.partition}]: an open transaction hides offsets "
+                    f"{stable} to {end} for more than {wait:g}s although the previous owner "
+                    "was fenced; restoring now would miss committed events, so this "
+                    "partition is refused (is another transactional producer writing to it?)"
+                )
+            if not warned:
+                warned = True
+                log.warning(
+                    "%s[%d]: waiting for an open transaction (stable to %d, ends at %d)",
+                    source.topic,
+                    source.partition,
+                    stable,
+                    end,
+                )
+            if stop is not None:
+                stop.wait(0.2)
+            else:
+                time.sleep(0.2)  # waiting for the broker to end the transaction
+    finally:
+        everything.close()
+
+
 @dataclass(frozen=True, slots=True)
 class RestoreResult:
     events: int
@@ -505,12 +579,17 @@ def restore_partition(
     store: TaskStore,
     *,
     stop: threading.Event | None = None,
+    stable_wait: float = STABLE_WAIT_S,
 ) -> RestoreResult:
-    """Bring ``store`` up to the end of its event-log partition, as it is now."""
+    """Bring ``store`` up to the end of its event-log partition, as it is now.
+
+    Raises ``UnstableLogError`` when an open transaction keeps hiding part of
+    the partition for ``stable_wait`` seconds.
+    """
     source = TopicPartition(Topics(settings.topic_prefix).task_events, partition)
     reader = kafka_clients.consumer(bootstrap, kafka_config=settings.kafka_config)
     try:
-        low, high = reader.get_watermark_offsets(source, timeout=TXN_TIMEOUT_S)
+        low, high = _stable_end(reader, settings, bootstrap, source, wait=stable_wait, stop=stop)
         start = max(store.last_offset() + 1, low)
         if start >= high:
             return RestoreResult(0, 0)

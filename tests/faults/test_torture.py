@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from atf_es.config import Settings
-from torture.run import FAULT_KINDS, Options, render, run
+from torture.run import FAULT_KINDS, Options, main, render, run
 
 pytestmark = pytest.mark.integration
 
@@ -33,3 +33,21 @@ def test_a_short_torture_run_loses_nothing_and_never_overlaps(
     assert set(injected) == set(FAULT_KINDS), shown
     assert outcome.report.tasks >= 200, shown
     assert outcome.figures["lost"] == 0 and outcome.figures["overlaps"] == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--duration", "0"], "--duration and --rate must be positive"),
+        (["--kinds", "kill-processor,unplug-cable"], "unknown fault kinds ['unplug-cable']"),
+        (["--fault-gap", "5"], "--fault-gap takes two numbers"),
+        (["--fault-gap", "5,1"], "--fault-gap needs 0 <= LOW <= HIGH"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_sentence(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert says in capsys.readouterr().err

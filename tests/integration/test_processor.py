@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
+from confluent_kafka import Producer
 
 from atf_es.clock import now_ms
 from atf_es.config import Settings
@@ -22,7 +23,7 @@ from atf_es.events import (
 )
 from atf_es.events.codec import encode_command
 from atf_es.events.replies import ReplyCode
-from atf_es.services.processor import Processor
+from atf_es.services.processor import Processor, UnstableLogError
 from atf_es.topics import Topics
 from tests.helpers import wait_for
 from tests.kafka_harness import (
@@ -369,3 +370,45 @@ def test_commands_waiting_at_a_takeover_come_before_the_timeouts(settings: Setti
     ], kinds
     assert second.stats.timeouts_held > 0
     log.close()
+
+
+# The refusal ends the processor's thread with the error, as it ends the process.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_partition_hidden_by_an_open_transaction_is_refused_not_half_restored(
+    settings: Settings,
+) -> None:
+    # Restoring up to the last stable offset while a transaction hides part of
+    # the log would build the projection from part of it. The processor must
+    # refuse the partition, loudly, and take it once the transaction ends.
+    one = replace(settings, partitions=1)
+    prepare(one, EMAIL)
+    assert one.kafka_bootstrap is not None
+    events = Topics(one.topic_prefix).task_events
+    rogue = Producer({"bootstrap.servers": one.kafka_bootstrap, "transactional.id": "rogue"})
+    rogue.init_transactions(30)
+    rogue.begin_transaction()
+    rogue.produce(events, b"not an event", b"k", 0)
+    rogue.flush(30)
+    refused = Processor(one, one.kafka_bootstrap, instance_id="refuses", stable_wait=1.0)
+    refused.start()
+    try:
+        wait_for(lambda: refused.failed, 60, "the processor to refuse the partition")
+    finally:
+        refused.stop()
+    assert isinstance(refused.failure, UnstableLogError), refused.failure
+    assert "open transaction" in str(refused.failure)
+
+    rogue.abort_transaction(30)
+    sender = CommandSender(one)
+    taker = Processor(one, one.kafka_bootstrap, instance_id="takes", stable_wait=10.0)
+    taker.start()
+    try:
+        assert taker.ready.wait(60), "the processor did not take the partition"
+        sender.schedule("send_email")
+        sender.flush()
+        # (The embedded broker shows the aborted record to readers, so the
+        # event log is not read here: the processor's count says it recorded.)
+        wait_for(lambda: taker.stats.events >= 2, 30, "the task recorded and enqueued")
+    finally:
+        taker.stop()
+    assert not taker.failed
