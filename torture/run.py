@@ -53,7 +53,7 @@ from atf_es.projections.store import RocksTaskStore
 from atf_es.topics import Topics
 from torture.app import POLICY, app, encode_payload
 from torture.checker import Fault, Report, check, counts, parse_ledger
-from torture.system import LAMBDA, Service, System
+from torture.system import LAMBDA, Service, ServiceError, System
 
 FAULT_KINDS = (
     "kill-processor",
@@ -474,13 +474,19 @@ def run(settings: Settings, workdir: Path, options: Options, out: TextIO = sys.s
             f"torture {run_id}: {watcher.done(scheduled)}/{len(scheduled)} terminal "
             f"after {drain:.1f}s"
         )
-        system.wait_partitions_owned()
+        try:
+            system.wait_partitions_owned()
+            owned = True
+        except ServiceError as exc:
+            # Still check what can be checked: the ledger and the log.
+            owned = False
+            problems.append(f"not every partition has an owner at the end: {exc}"[:2000])
         for processor in system.processors:
             code = processor.terminate()
             if code not in (0, None):
                 problems.append(f"{processor.name} exited with {code} on SIGTERM")
         watcher.settle()
-        stores = _stores(system)
+        stores = _stores(system) if owned else None
         executions = parse_ledger(system.ledger.read_text().splitlines())
         report = check(
             scheduled,
