@@ -140,8 +140,10 @@ def core_topic_specs(settings: Settings) -> list[TopicSpec]:
             exact_partitions=False,
         ),
         TopicSpec(
+            # One partition per commands partition, so that each processor's
+            # transactions write only partitions nobody else writes.
             topics.poison,
-            1,
+            settings.partitions,
             {"cleanup.policy": "delete", "retention.ms": str(POISON_RETENTION_MS)},
             exact_partitions=False,
         ),

@@ -93,7 +93,16 @@ class Outgoing:
 
 @dataclass
 class Batch:
-    """What one transaction writes, and the projection rows it leads to."""
+    """What one transaction writes, the replies to send once it commits, and
+    the projection rows it leads to.
+
+    Everything written inside the transaction goes to partitions that only
+    this partition's owner writes: its events partition, the same-numbered
+    exec partitions (co-partitioned by task_id) and its own poison partition.
+    Replies go to the asking gateway's partition, which every processor
+    writes, so they are sent after the commit, outside it (docs/design.md,
+    "Replies after the commit").
+    """
 
     partition: int
     now: int
@@ -114,8 +123,9 @@ class Batch:
             self.last_command_offset is None
         )
 
-    def outgoing(self) -> list[Outgoing]:
-        return [*self.events, *self.work, *self.replies, *self.poison]
+    def transactional(self) -> list[Outgoing]:
+        """The records the transaction writes; ``replies`` are sent after it commits."""
+        return [*self.events, *self.work, *self.poison]
 
 
 PolicyLookup = Callable[[str], LambdaPolicy | None]
@@ -211,7 +221,10 @@ class PartitionCore:
         limits: Limits = Limits(),
         *,
         reply_partition_exists: Callable[[int], bool] | None = None,
+        poison_partitions: int = 1,
     ) -> None:
+        if poison_partitions < 1:
+            raise ValueError(f"poison_partitions must be at least 1, got {poison_partitions}")
         self.partition = partition
         self.store = store
         self.policies = policies
@@ -219,6 +232,8 @@ class PartitionCore:
         self.limits = limits
         self.reply_partition_exists = reply_partition_exists
         """Whether the replies topic has a partition; None: do not check."""
+        self.poison_partition = partition % poison_partitions
+        """Where this partition's poison goes: its own partition when the topic has it."""
 
     # -- reading through the batch ---------------------------------------
 
@@ -362,7 +377,7 @@ class PartitionCore:
             reason=reason,
             at=batch.now,
         )
-        out = Outgoing(self.topics.poison, key, encode_poison(poison))
+        out = Outgoing(self.topics.poison, key, encode_poison(poison), self.poison_partition)
         if _size(out) > self.limits.max_record_bytes:
             # Keep what fits: the reason, where the original is, and its start.
             kept_key = None if key is None else key[:MAX_POISON_KEY_BYTES]
@@ -383,7 +398,9 @@ class PartitionCore:
                 f"bytes are kept; the original is at {self.topics.commands}[{self.partition}] "
                 f"offset {record.offset}]",
             )
-            out = Outgoing(self.topics.poison, kept_key, encode_poison(poison))
+            out = Outgoing(
+                self.topics.poison, kept_key, encode_poison(poison), self.poison_partition
+            )
         batch.poison.append(out)
 
     # -- timers ----------------------------------------------------------

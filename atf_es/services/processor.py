@@ -6,8 +6,11 @@ proves it with a transactional producer whose id names the partition
 (``<prefix>.processor.p<N>``): whoever takes the partition over calls
 ``init_transactions`` with the same id, which fences the previous owner even
 if it is paused and comes back later. Each batch of a partition is one
-transaction: events, execution-queue messages, replies, set-aside records and
-the consumed command offsets commit together or not at all. The RocksDB
+transaction: events, execution-queue messages, set-aside records and the
+consumed command offsets commit together or not at all, and every partition
+it writes has this owner as its only writer. Replies go to partitions that
+every processor writes, so they are sent once the transaction has committed,
+by a plain idempotent producer (docs/design.md, "Replies after the commit"). The RocksDB
 projection is written after the commit, with the last event offset in the
 same WriteBatch, so after a crash it is at worst behind the log, never ahead
 of it; on assignment it catches up from the log before taking commands.
@@ -70,6 +73,8 @@ class ProcessorStats:
     timers: int = 0
     work: int = 0
     replies: int = 0
+    replies_undelivered: int = 0
+    """Replies Kafka refused after their commit; the asker times out and retries."""
     poison: int = 0
     batches: int = 0
     aborted: int = 0
@@ -142,6 +147,8 @@ class Processor:
         self._refreshed = False
         self._reply_partitions = 0
         self._reply_metadata_at = -REPLY_METADATA_REFRESH_S
+        self._poison_partitions = 1
+        self._replier: Producer | None = None
         self._thread: threading.Thread | None = None
         self.failed = False
         self.failure: BaseException | None = None
@@ -192,6 +199,8 @@ class Processor:
             },
         )
         self._reply_partition_exists(0)  # learn the replies topic's partitions now
+        self._poison_partitions = self._partition_count(self.topics.poison)
+        self._replier = kafka_clients.producer(self.bootstrap, self.settings.kafka_config)
         self._consumer.subscribe(
             [self.topics.commands],
             on_assign=self._on_assign,
@@ -214,6 +223,11 @@ class Processor:
             self._consumer = None
         for partition in list(self._owned):
             self._release(partition)
+        if self._replier is not None:
+            left = self._replier.flush(5.0)
+            if left:
+                log.warning("%d replies not delivered at shutdown", left)
+            self._replier = None
         if self._control is not None:
             self._control.close()
             self._control = None
@@ -262,6 +276,7 @@ class Processor:
             self.topics,
             self.limits,
             reply_partition_exists=self._reply_partition_exists,
+            poison_partitions=self._poison_partitions,
         )
         self._owned[partition] = _Owned(partition, producer, store, core)
 
@@ -342,6 +357,19 @@ class Processor:
             policy = self._control.get(lambda_name)
         return policy
 
+    def _partition_count(self, topic: str) -> int:
+        """How many partitions ``topic`` has; 1 if Kafka cannot say now."""
+        assert self._consumer is not None
+        try:
+            metadata = self._consumer.list_topics(topic, timeout=5.0)
+        except KafkaException as exc:
+            log.warning("reading the partitions of %s: %s", topic, exc)
+            return 1
+        found = metadata.topics.get(topic)
+        if found is None or found.error is not None or not found.partitions:
+            return 1
+        return len(found.partitions)
+
     def _reply_partition_exists(self, partition: int) -> bool:
         """Whether the replies topic has ``partition``; asks Kafka at most once a second."""
         now = time.monotonic()
@@ -421,7 +449,7 @@ class Processor:
 
         try:
             producer.begin_transaction()
-            for out in batch.outgoing():
+            for out in batch.transactional():
                 if out.partition is None:
                     producer.produce(out.topic, out.value, out.key, on_delivery=delivered)
                 else:
@@ -445,6 +473,7 @@ class Processor:
         except KafkaException as exc:
             self._failed(owned, batch, first_offset, exc)
             return
+        self._send_replies(batch)
         owned.store.commit(batch.tasks.values(), last_event if last_event >= 0 else None)
         stats = self.stats
         stats.batches += 1
@@ -454,6 +483,42 @@ class Processor:
         stats.work += len(batch.work)
         stats.replies += len(batch.replies)
         stats.poison += len(batch.poison)
+
+    def _send_replies(self, batch: Batch) -> None:
+        """Answer the askers of a committed batch.
+
+        A reply lost here (a crash right after the commit) costs its asker a
+        timeout and a retry, which the command's id or the task's state
+        answers the same way again.
+        """
+        replier = self._replier
+        if replier is None or not batch.replies:
+            return
+
+        def delivered(error: KafkaError | None, message: Message) -> None:
+            if error is not None:
+                self.stats.replies_undelivered += 1
+                log.warning("reply to %s[%s]: %s", message.topic(), message.partition(), error)
+
+        for out in batch.replies:
+            assert out.partition is not None, "a reply always names its partition"
+            for attempt in range(2):
+                try:
+                    replier.produce(
+                        out.topic, out.value, out.key, out.partition, on_delivery=delivered
+                    )
+                    break
+                except BufferError:
+                    if attempt:
+                        self.stats.replies_undelivered += 1
+                        log.warning("reply to %s dropped: the producer queue is full", out.topic)
+                    else:
+                        replier.poll(1.0)  # let the local queue drain once
+                except KafkaException as exc:
+                    self.stats.replies_undelivered += 1
+                    log.warning("reply to %s[%s]: %s", out.topic, out.partition, exc)
+                    break
+        replier.poll(0)
 
     def _failed(
         self, owned: _Owned, batch: Batch, first_offset: int | None, exc: KafkaException

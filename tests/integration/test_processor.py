@@ -183,6 +183,61 @@ def test_replies_reach_the_asker_with_the_command_id(
     replies.close()
 
 
+def test_transactions_write_only_partitions_their_owner_alone_writes(
+    processor: Processor, sender: CommandSender, log: EventLog, settings_4: Settings
+) -> None:
+    """Events and work land in the commands partition's number; replies are outside.
+
+    A partition that two processors' transactions write is read by
+    read_committed consumers only up to the older open transaction of the
+    two, so one stalled processor would hold up the other's output; the
+    embedded broker never releases such a partition at all after a producer
+    dies mid-transaction (bench/txn_shared_partition.py). Only replies are
+    shared, and they are sent after the commit.
+    """
+    topics = Topics(settings_4.topic_prefix)
+    reply_to = f"{topics.replies}:2"
+    tasks = [sender.schedule("send_email", reply_to=reply_to) for _ in range(24)]
+    sender.flush()
+    log.wait_until(
+        lambda lg: all(
+            (t := lg.latest().get(i)) is not None and t.status is TaskStatus.ENQUEUED for i in tasks
+        ),
+        message="every task enqueued",
+    )
+    readers = {
+        name: TopicReader(settings_4, topic)
+        for name, topic in [
+            ("commands", topics.commands),
+            ("events", topics.task_events),
+            ("exec", topics.exec("send_email", 0)),
+            ("replies", topics.replies),
+        ]
+    }
+    try:
+        for name, reader in readers.items():
+
+            def has_every_task(reader: TopicReader = reader) -> bool:
+                reader.poll(0.1)
+                return {key.decode() for _, _, key, _ in reader.records if key} >= set(tasks)
+
+            wait_for(has_every_task, message=f"every task on {name}")
+        where: dict[str, dict[str, set[int]]] = {}
+        for name, reader in readers.items():
+            for partition, _, key, _ in reader.records:
+                assert key is not None
+                where.setdefault(key.decode(), {}).setdefault(name, set()).add(partition)
+        for task_id in tasks:
+            seen = where[task_id]
+            (home,) = seen["commands"]
+            assert seen["events"] == seen["exec"] == {home}, (task_id, seen)
+            assert seen["replies"] == {2}
+        assert len({next(iter(where[t]["commands"])) for t in tasks}) > 1, "one partition only"
+    finally:
+        for reader in readers.values():
+            reader.close()
+
+
 def test_bad_input_is_set_aside_and_the_partition_keeps_moving(
     processor: Processor, sender: CommandSender, log: EventLog, settings_4: Settings
 ) -> None:
@@ -219,6 +274,8 @@ def test_bad_input_is_set_aside_and_the_partition_keeps_moving(
     originals = {r.value for r in records if "undecodable" in r.reason}
     assert originals == {garbage}, "the original bytes are kept"
     assert all(r.source_topic == topics.commands and r.offset >= 0 for r in records)
+    landed = [partition for partition, _, _, value in poison.records if value is not None]
+    assert landed == [r.partition for r in records], "poison stays in its own partition"
     assert "bad-priority" not in log.latest()
     wait_for(lambda: processor.stats.poison >= 10, message="the poison counter")
     poison.close()
