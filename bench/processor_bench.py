@@ -322,7 +322,7 @@ class Bench:
                 [TopicPartition(topics.exec(LAMBDA, 0), p, 0) for p in range(self.partitions)]
             )
             while not stop_reading.is_set():
-                for message in reader.consume(num_messages=1000, timeout=0.05):
+                for message in kafka_clients.consume(reader, 1000, 0.05):
                     value = message.value()
                     if message.error() is None and value is not None:
                         at = now_ms()
@@ -371,7 +371,7 @@ class Bench:
         reader.assign([TopicPartition(topics.task_events, p, 0) for p in range(self.partitions)])
         idle = 0
         while len(enqueued_at) < total and idle < 20:
-            batch = reader.consume(num_messages=10_000, timeout=0.2)
+            batch = kafka_clients.consume(reader, 10_000, 0.2)
             idle = 0 if batch else idle + 1
             for message in batch:
                 value = message.value()

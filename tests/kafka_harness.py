@@ -109,7 +109,7 @@ class TopicReader:
     def poll(self, timeout: float = 0.2) -> int:
         consumer = self._consumer
         got = 0
-        for message in consumer.consume(num_messages=10_000, timeout=timeout):  # type: ignore[attr-defined]
+        for message in kafka_clients.consume(consumer, 10_000, timeout):  # type: ignore[arg-type]
             error = message.error()
             if error is not None:
                 assert error.code() == KafkaError._PARTITION_EOF, error

@@ -71,7 +71,7 @@ class ControlView:
     def poll(self, timeout: float = 0.0) -> int:
         """Apply what has arrived; returns how many records were read."""
         read = 0
-        for message in self._consumer.consume(num_messages=1000, timeout=timeout):
+        for message in kafka_clients.consume(self._consumer, 1000, timeout):
             error = message.error()
             if error is not None:
                 if error.code() != KafkaError._PARTITION_EOF:

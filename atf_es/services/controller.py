@@ -290,7 +290,7 @@ class Controller:
         assert consumer is not None
         try:
             while not self._stop.is_set():
-                messages = consumer.consume(num_messages=500, timeout=POLL_TIMEOUT_S)
+                messages = kafka_clients.consume(consumer, 500, POLL_TIMEOUT_S)
                 self._accept(consumer, messages)
                 self._store_finished(consumer)
                 self._flow_control(consumer)

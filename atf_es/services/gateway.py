@@ -192,7 +192,7 @@ class CommandGateway:
 
     def _read_replies(self) -> None:
         while not self._stop.is_set():
-            for message in self._replies.consume(num_messages=500, timeout=0.1):
+            for message in kafka_clients.consume(self._replies, 500, 0.1):
                 error = message.error()
                 if error is not None:
                     if error.code() != KafkaError._PARTITION_EOF:

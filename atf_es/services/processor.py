@@ -666,7 +666,7 @@ def restore_partition(
         # arrives: a transactional log ends in a commit marker, which no
         # consumer ever receives.
         while reader.position([source])[0].offset < high:
-            for message in reader.consume(num_messages=RESTORE_CHUNK, timeout=0.1):
+            for message in kafka_clients.consume(reader, RESTORE_CHUNK, 0.1):
                 if message.error() is not None:
                     continue
                 last = _offset(message)

@@ -475,7 +475,7 @@ def _end_offsets(settings: Settings, topic: str) -> dict[int, int]:
         reader.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
         deadline = time.monotonic() + 20
         while len(ends) < PARTITIONS and time.monotonic() < deadline:
-            for message in reader.consume(num_messages=10_000, timeout=0.2):
+            for message in kafka_clients.consume(reader, 10_000, 0.2):
                 partition, offset = message.partition(), message.offset()
                 assert partition is not None and offset is not None
                 if message.error() is None:

@@ -118,7 +118,7 @@ def scheduled_events(settings: Settings, task_id: str) -> list[TaskScheduled]:
             if end > 0
         ):
             assert time.monotonic() < deadline, "could not read the events topic to its end"
-            for message in consumer.consume(num_messages=1000, timeout=0.1):
+            for message in kafka_clients.consume(consumer, 1000, 0.1):
                 value = message.value()
                 if message.error() is not None or value is None:
                     continue
