@@ -216,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Join the processor group on the commands topic and act as the single writer of "
         "the partitions it is given: restore each partition's RocksDB projection from the "
         "event log, then turn commands and due triggers into events, execution-queue "
-        "messages and replies, one Kafka transaction per batch. Run several for "
+        "messages, one Kafka transaction per batch, and answer each command once its "
+        "transaction has committed. Run several for "
         "availability; they split the partitions between them. Stops cleanly on SIGTERM "
         "or Ctrl-C.",
     )

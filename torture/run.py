@@ -78,6 +78,11 @@ class Options:
     """Seconds between one fault's heal and the next fault, drawn uniformly."""
     kinds: tuple[str, ...] = FAULT_KINDS
     drain_timeout: float = 240.0
+    """Seconds the confirmed tasks get to end once the faults stop."""
+    finish_timeout: float = 120.0
+    """Seconds the tasks still being offered get to be confirmed once the faults stop."""
+    owned_timeout: float = 120.0
+    """Seconds every partition gets to have an owner again at the end."""
     partitions: int = 4
     processors: int = 2
     executors: int = 2
@@ -196,7 +201,7 @@ class EventWatcher:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            for message in self._consumer.consume(num_messages=500, timeout=0.2):
+            for message in kafka_clients.consume(self._consumer, 500, 0.2):
                 value = message.value()
                 if message.error() is not None or value is None:
                     continue
@@ -358,12 +363,15 @@ class Outcome:
 
 
 def pinned_partitions(settings: Settings) -> list[str]:
-    """Partitions whose last stable offset lags their end: an open transaction pins them.
+    """Partitions whose last stable offset lags their end: an unfinished transaction pins them.
 
-    With every producer stopped or fenced, none should: a pinned partition
-    hides everything after the pin from every ``read_committed`` reader
-    (replies, work items, events). The embedded broker has been seen to pin
-    partitions for good after a processor was killed mid-transaction.
+    Called once every processor has stopped, when no transaction should be
+    unfinished: a pinned partition hides everything after the pin from every
+    ``read_committed`` reader (replies, work items, events). The embedded
+    broker answers 0 for a partition with an unfinished transaction, and it
+    leaves transactions unfinished for good when two transactional producers
+    share a partition and one of them dies mid-transaction
+    (bench/txn_shared_partition.py).
     """
     assert settings.kafka_bootstrap is not None
     committed = kafka_clients.consumer(settings.kafka_bootstrap, kafka_config=settings.kafka_config)
@@ -461,7 +469,7 @@ def run(settings: Settings, workdir: Path, options: Options, out: TextIO = sys.s
         injector.stop()
         system.heal()
         say(f"torture {run_id}: faults stopped; {len(injector.faults)} injected; draining")
-        unconfirmed = load.finish(timeout=120)
+        unconfirmed = load.finish(timeout=options.finish_timeout)
         if unconfirmed:
             problems.append(f"{unconfirmed} offered tasks were never confirmed by Schedule")
         drain_began = time.monotonic()
@@ -475,7 +483,7 @@ def run(settings: Settings, workdir: Path, options: Options, out: TextIO = sys.s
             f"after {drain:.1f}s"
         )
         try:
-            system.wait_partitions_owned()
+            system.wait_partitions_owned(options.owned_timeout)
             owned = True
         except ServiceError as exc:
             # Still check what can be checked: the ledger and the log.

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,7 +157,13 @@ class System:
         processors: int = 2,
         executors: int = 2,
         threads: int = 2,
+        app: str = APP,
+        lambdas: tuple[str, ...] = (LAMBDA,),
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        """``app`` and ``lambdas``: what the controller and executors run (the
+        torture's ledger lambda by default); ``env``: more variables for every
+        service (not ``ATF_*``)."""
         assert settings.kafka_bootstrap is not None
         self.settings = settings
         self.workdir = workdir
@@ -193,6 +199,7 @@ class System:
             PYTHONUNBUFFERED="1",
         )
         self.env[LEDGER_ENV] = str(self.ledger)
+        self.env.update(env or {})
         port_line = re.compile(r"on port \d+")
         self.processors = [
             Service(f"processor-{i}", ["processor", "--instance-id", f"t{i}"], _OWNS, self)
@@ -204,14 +211,14 @@ class System:
         )
         self.controller = Service(
             "controller",
-            ["controller", APP, "--hsc", self.hsc_address, "--listen", self.controller_address],
+            ["controller", app, "--hsc", self.hsc_address, "--listen", self.controller_address],
             port_line,
             self,
         )
         executor_args = [
             "executor",
-            APP,
-            LAMBDA,
+            app,
+            *lambdas,
             "--threads",
             str(threads),
             "--controller",

@@ -2,9 +2,9 @@
 
 This is the processor without Kafka. It reads the projection through the
 ``TaskStore`` port, runs the pure lifecycle, and collects everything one
-Kafka transaction must write: events, execution-queue messages, replies and
-set-aside (poison) records, plus the snapshots to commit to the store once
-the transaction has committed. Nothing here writes anywhere, so a failed
+Kafka transaction must write (events, execution-queue messages and set-aside
+(poison) records), the replies to send once it has committed, and the
+snapshots to commit to the store then. Nothing here writes anywhere, so a failed
 transaction leaves no trace: the shell drops the batch and starts over.
 
 Nothing a command says may stop the partition. A transaction that Kafka

@@ -19,12 +19,23 @@ from torture.run import FAULT_KINDS, Options, main, render, run
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.timeout(480)
 def test_a_short_torture_run_loses_nothing_and_never_overlaps(
     settings: Settings, tmp_path: Path
 ) -> None:
     settings = replace(settings, partitions=4, session_timeout_ms=6000)
     out = io.StringIO()
-    outcome = run(settings, tmp_path, Options(duration=80.0, rate=3.0, seed=7), out)
+    # The waits after the load are bounded well inside the test's timeout, so
+    # a system that stops making progress fails with the checker's report.
+    options = Options(
+        duration=80.0,
+        rate=3.0,
+        seed=7,
+        finish_timeout=40.0,
+        drain_timeout=90.0,
+        owned_timeout=60.0,
+    )
+    outcome = run(settings, tmp_path, options, out)
     shown = f"{out.getvalue()}\n{render(outcome)}"
     print(shown)
     assert outcome.ok, shown
