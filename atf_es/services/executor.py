@@ -7,7 +7,11 @@ Each thread loops ``w = next_work(); run(w)``, as in ATF. Running a task:
 2. while the callback runs, a heartbeat thread beats every
    ``heartbeat_interval_ms``, each RPC with a deadline of half the smaller of
    the interval and the margin;
-3. the callback's outcome is reported with ``SetResults``.
+3. the callback's outcome goes to the reporter thread, which sends the
+   outcomes of every thread in ``SetResults`` batches, and the worker thread
+   asks for its next task at once. The task's heartbeats go on until its
+   result is recorded, so a slow report never lets its heartbeat timeout
+   run it again.
 
 A heartbeat answered "cancelled" or "stale lease" sets ``task.cancelled``;
 the callback should stop, and nothing is reported (the task is no longer
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import socket
 import sys
@@ -61,6 +66,8 @@ MAX_ERROR_CHARS = 4_000
 NEXT_WORK_WAIT_MS = 5_000
 RESULT_ATTEMPTS = 5
 RESULT_DEADLINE_S = 10.0
+RESULT_BATCH = 200
+"""Results sent in one ``SetResults`` call at most."""
 
 # The HSC answered: this task is not ours to run any more.
 _OUTCOME_PROTO = {
@@ -100,6 +107,23 @@ class ExecutorStats:
     heartbeat_failures: int = 0
     heartbeats_lost: int = 0
     unreported: int = 0
+
+
+@dataclass
+class _Finished:
+    """A task whose callback returned, waiting for its result to be recorded."""
+
+    task: TaskContext
+    worker: str
+    outcome: Outcome
+    error: str | None
+    result: bytes | None
+    beating: threading.Event
+    """Set to end the task's heartbeats."""
+    beats: threading.Thread
+    attempts: int = 0
+    retry_at: float = 0.0
+    """When to send it again after a failed attempt (``time.monotonic()``)."""
 
 
 class _Beat(Enum):
@@ -156,6 +180,11 @@ class Executor:
         self._threads: list[threading.Thread] = []
         self._calls: set[grpc.Future] = set()
         self._running: dict[str, TaskContext] = {}
+        self._finished: queue.Queue[_Finished | None] = queue.Queue()
+        """Finished tasks for the reporter; ``None`` ends it."""
+        self._reporter: threading.Thread | None = None
+        self._reporting = 0
+        """Results handed to the reporter and not yet settled."""
         self._lock = threading.Lock()
         self._controller_channel: grpc.Channel | None = None
         self._hsc_channel: grpc.Channel | None = None
@@ -180,6 +209,10 @@ class Executor:
             )
             thread.start()
             self._threads.append(thread)
+        self._reporter = threading.Thread(
+            target=self._report_loop, name=f"executor-{self.lambda_name}-results", daemon=True
+        )
+        self._reporter.start()
         log.info(
             "executor %s runs %s with %d threads (controller %s, hsc %s)",
             self.worker_id,
@@ -209,6 +242,12 @@ class Executor:
             task.cancelled.set()
         for thread in self._threads:
             thread.join(max(1.0, deadline - time.monotonic()))
+        # The results already in hand are still reported, within the grace.
+        while self._unsettled() and time.monotonic() < deadline:
+            time.sleep(0.01)  # the reporter settles them; bounded by the grace
+        if self._reporter is not None:
+            self._finished.put_nowait(None)
+            self._reporter.join(max(1.0, deadline - time.monotonic()))
         for channel in (self._controller_channel, self._hsc_channel):
             if channel is not None:
                 channel.close()
@@ -292,30 +331,37 @@ class Executor:
         self._count(started=1)
         with self._lock:
             self._running[task.task_id] = task
-        finished = threading.Event()
+        beating = threading.Event()
+        returned = threading.Event()
         beats = threading.Thread(
             target=self._heartbeat_loop,
-            args=(task, worker, finished),
+            args=(task, worker, beating, returned),
             name=f"heartbeat-{task.task_id}",
             daemon=True,
         )
         beats.start()
+        handed_over = False
         try:
             outcome, error, result = self._call(task)
+            returned.set()
+            if not task.cancelled.is_set():
+                with self._lock:
+                    self._reporting += 1
+                self._finished.put(_Finished(task, worker, outcome, error, result, beating, beats))
+                handed_over = True
         finally:
-            finished.set()
-            beats.join()
+            if not handed_over:
+                beating.set()
+                beats.join()
             with self._lock:
                 self._running.pop(task.task_id, None)
-        if task.cancelled.is_set():
+        if not handed_over:
             self._count(stopped=1)
             log.info(
                 "task %s (lease %d) stopped: cancelled or no longer ours; nothing reported",
                 task.task_id,
                 task.lease,
             )
-            return
-        self._report(task, worker, outcome, error, result)
 
     def _start_task(self, task: TaskContext, worker: str) -> bool:
         """The first heartbeat, claimed -> processing; the callback runs only after it."""
@@ -359,7 +405,15 @@ class Executor:
         self._count(heartbeats=1)
         return _Beat.OK
 
-    def _heartbeat_loop(self, task: TaskContext, worker: str, finished: threading.Event) -> None:
+    def _heartbeat_loop(
+        self, task: TaskContext, worker: str, finished: threading.Event, returned: threading.Event
+    ) -> None:
+        """Beat until ``finished``; after the callback ``returned``, only until the result is in.
+
+        Losing the heartbeats of a task whose callback has returned ends
+        nothing: there is no work left to stop, and its result may still be
+        recorded (or its heartbeat timeout runs it again).
+        """
         interval = self.policy.heartbeat_interval_ms / 1000
         failures = 0
         next_at = time.monotonic() + interval
@@ -373,6 +427,8 @@ class Executor:
                 return
             else:
                 failures += 1
+                if failures >= HEARTBEATS_LOST_AFTER and returned.is_set():
+                    return
                 if failures >= HEARTBEATS_LOST_AFTER:
                     task.cancelled.set()
                     self._count(heartbeats_lost=1)
@@ -404,63 +460,121 @@ class Executor:
             )
             return outcome, _describe(exc), None
 
-    def _report(
-        self,
-        task: TaskContext,
-        worker: str,
-        outcome: Outcome,
-        error: str | None,
-        result: bytes | None,
-    ) -> None:
+    # -- the reporter ----------------------------------------------------
+
+    def _unsettled(self) -> int:
+        with self._lock:
+            return self._reporting
+
+    def _settle(self, item: _Finished) -> None:
+        item.beating.set()
+        item.beats.join()
+        with self._lock:
+            self._reporting -= 1
+
+    def _report_loop(self) -> None:
+        """Send finished tasks' results in batches; retry each one up to ``RESULT_ATTEMPTS``."""
+        retry: list[_Finished] = []
+        while True:
+            soonest = min((item.retry_at for item in retry), default=None)
+            pause = None if soonest is None else max(0.0, soonest - time.monotonic())
+            batch, stop = self._take(pause)
+            now = time.monotonic()
+            due = [item for item in retry if stop or item.retry_at <= now]
+            retry = [item for item in retry if not (stop or item.retry_at <= now)]
+            batch = due + batch
+            if batch:
+                retry += self._report(batch)
+            if stop:
+                for item in retry:
+                    self._give_up(item)
+                return
+
+    def _take(self, wait: float | None) -> tuple[list[_Finished], bool]:
+        """What has finished: waits up to ``wait`` (None: for ever) for the first.
+
+        Also says whether ``stop()`` asked the reporter to end.
+        """
+        taken: list[_Finished] = []
+        try:
+            item = self._finished.get(timeout=wait)
+        except queue.Empty:
+            return taken, False
+        while item is not None:
+            taken.append(item)
+            if len(taken) >= RESULT_BATCH:
+                return taken, False
+            try:
+                item = self._finished.get_nowait()
+            except queue.Empty:
+                return taken, False
+        return taken, True
+
+    def _report(self, batch: list[_Finished]) -> list[_Finished]:
+        """One ``SetResults`` call for ``batch``; returns the items to try again."""
         hsc = self._hsc
         assert hsc is not None
         request = worker_pb2.SetResultsRequest(
             results=[
                 worker_pb2.TaskResult(
-                    task_id=task.task_id,
-                    lease=task.lease,
-                    worker=worker,
-                    outcome=_OUTCOME_PROTO[outcome],
-                    error=error,
-                    result=result,
+                    task_id=item.task.task_id,
+                    lease=item.task.lease,
+                    worker=item.worker,
+                    outcome=_OUTCOME_PROTO[item.outcome],
+                    error=item.error,
+                    result=item.result,
                 )
+                for item in batch
             ]
         )
-        for attempt in range(RESULT_ATTEMPTS):
-            try:
-                response = hsc.SetResults(request, timeout=RESULT_DEADLINE_S)
-            except grpc.RpcError as exc:
-                problem = _describe_rpc(exc)
-            else:
-                reply = response.replies[0]
+        failed: list[tuple[_Finished, str]] = []
+        try:
+            response = hsc.SetResults(request, timeout=RESULT_DEADLINE_S)
+        except grpc.RpcError as exc:
+            problem = _describe_rpc(exc)
+            failed = [(item, problem) for item in batch]
+        else:
+            for item, reply in zip(batch, response.replies, strict=True):
                 if reply.code == common_pb2.REPLY_CODE_OK:
-                    self._count(**{"succeeded" if outcome is Outcome.SUCCESS else "failed": 1})
-                    return
-                if reply.code != common_pb2.REPLY_CODE_UNSPECIFIED:
+                    self._count(**{"succeeded" if item.outcome is Outcome.SUCCESS else "failed": 1})
+                    self._settle(item)
+                elif reply.code != common_pb2.REPLY_CODE_UNSPECIFIED:
                     self._count(unreported=1)
                     log.warning(
                         "the %s result of task %s (lease %d) was refused: %s",
-                        outcome,
-                        task.task_id,
-                        task.lease,
+                        item.outcome,
+                        item.task.task_id,
+                        item.task.lease,
                         reply.message,
                     )
-                    return
-                problem = reply.message
+                    self._settle(item)
+                else:
+                    failed.append((item, reply.message))
+        again: list[_Finished] = []
+        for item, problem in failed:
+            item.attempts += 1
             log.warning(
                 "reporting task %s (try %d of %d) failed: %s",
-                task.task_id,
-                attempt + 1,
+                item.task.task_id,
+                item.attempts,
                 RESULT_ATTEMPTS,
                 problem,
             )
-            time.sleep(min(2.0, 0.1 * 2**attempt))
+            if item.attempts < RESULT_ATTEMPTS:
+                item.retry_at = time.monotonic() + min(2.0, 0.1 * 2**item.attempts)
+                again.append(item)
+            else:
+                self._give_up(item)
+        return again
+
+    def _give_up(self, item: _Finished) -> None:
         self._count(unreported=1)
         log.error(
             "gave up reporting task %s (lease %d); its heartbeat timeout will run it again",
-            task.task_id,
-            task.lease,
+            item.task.task_id,
+            item.task.lease,
         )
+        self._settle(item)
 
 
 def _check_heartbeat_policy(policy: LambdaPolicy) -> None:

@@ -319,6 +319,31 @@ def test_an_hsc_restart_between_two_heartbeats_costs_the_running_task_nothing(
     assert executor.stats.heartbeat_failures < 3
 
 
+def test_a_result_the_hsc_cannot_take_yet_is_reported_when_it_is_back(system: System) -> None:
+    """The callback has returned; its result waits for the HSC, which is down.
+
+    The reporter retries with backoff while the worker thread is free, and
+    the heartbeats that fail meanwhile end nothing: there is no work left to
+    stop (the fixture fails the test if ``on_heartbeats_lost`` is called).
+    """
+    executor = system.executor("steady", threads=1)
+    task_id = system.schedule("steady")
+    assert system.recorder.started.wait(20), "the callback did not start"
+    system.wait_status(task_id, TaskStatus.PROCESSING)
+    port = system.hsc.port
+    system.hsc.stop(grace=0)
+    system.recorder.release.set()
+    wait_for(lambda: executor.stats.heartbeat_failures >= 1, 5, "a heartbeat to fail")
+    assert executor.stats.succeeded == 0
+    system.hsc = hsc_server(system.gateway, f"127.0.0.1:{port}")
+    system.hsc.start()
+    task = system.wait_status(task_id, TaskStatus.SUCCESS)
+    assert (task.result, task.attempts) == (b"released", 1)
+    wait_for(lambda: executor.stats.succeeded == 1, 5, "the executor to count the success")
+    assert executor.stats.unreported == 0
+    assert executor.stats.heartbeats_lost == 0
+
+
 def test_three_failed_heartbeats_end_the_work(system: System) -> None:
     lost: list[tuple[str, float]] = []
     lost_event = threading.Event()
