@@ -132,6 +132,9 @@ class Settings:
     """Enqueued-but-unclaimed tasks allowed per (lambda, priority); the rest wait."""
     max_batch: int = 500
     """Most records a processor takes from Kafka per poll (one transaction each batch)."""
+    commit_interval_ms: int = 0
+    """Shortest time between two transactions of one partition; commands that
+    arrive sooner wait and share the next one (0: commit every poll)."""
     frontend_address: str = "127.0.0.1:7070"
     """host:port of the Frontend gRPC service (where it listens, where clients call)."""
     hsc_address: str = "127.0.0.1:7071"
@@ -193,6 +196,7 @@ class Settings:
             "session_timeout_ms": (1_000, 1_800_000),
             "max_enqueued": (1, 1_000_000),
             "max_batch": (1, 100_000),
+            "commit_interval_ms": (0, 10_000),
         }
         for name, (low, high) in limits.items():
             value = getattr(self, name)
@@ -237,6 +241,7 @@ _INT_FIELDS = {
     "session_timeout_ms",
     "max_enqueued",
     "max_batch",
+    "commit_interval_ms",
 }
 
 

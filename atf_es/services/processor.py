@@ -111,6 +111,10 @@ class _Owned:
     """The end of the commands partition when it was assigned (-1: unknown)."""
     handled_any: bool = False
     held_since: float | None = None
+    committed_at: float = 0.0
+    """When this partition's last transaction committed (``time.monotonic()``)."""
+    waiting: list[RawCommand] = field(default_factory=list)
+    """Commands read but held for the next transaction (``commit_interval_ms``)."""
 
 
 class Processor:
@@ -411,7 +415,11 @@ class Processor:
             )
         now = self.clock()
         for partition, owned in list(self._owned.items()):
-            records = by_partition.get(partition, [])
+            records = owned.waiting + by_partition.get(partition, [])
+            if records and self._too_soon(owned, len(records)):
+                owned.waiting = records
+                continue
+            owned.waiting = []
             batch = new_batch(partition, now)
             owned.core.handle(batch, records)
             if records:
@@ -421,6 +429,15 @@ class Processor:
             if batch.empty:
                 continue
             self._commit(owned, batch, records[0].offset if records else None)
+
+    def _too_soon(self, owned: _Owned, records: int) -> bool:
+        """Whether commands for ``owned`` should wait to share a later transaction."""
+        interval = self.settings.commit_interval_ms / 1000
+        return (
+            interval > 0
+            and records < self.settings.max_batch
+            and time.monotonic() - owned.committed_at < interval
+        )
 
     def _wait_seconds(self) -> float:
         """How long to wait for commands: the poll interval, or less if a trigger is due sooner.
@@ -435,7 +452,12 @@ class Processor:
             for owned in self._owned.values()
             if (due := owned.store.next_trigger()) is not None and due > now
         ]
-        return min([interval, *(due - now for due in upcoming)]) / 1000
+        held = [
+            (owned.committed_at + self.settings.commit_interval_ms / 1000 - time.monotonic()) * 1000
+            for owned in self._owned.values()
+            if owned.waiting
+        ]
+        return max(0.0, min([interval, *(due - now for due in upcoming), *held])) / 1000
 
     def _commit(self, owned: _Owned, batch: Batch, first_offset: int | None) -> None:
         producer = owned.producer
@@ -473,6 +495,7 @@ class Processor:
         except KafkaException as exc:
             self._failed(owned, batch, first_offset, exc)
             return
+        owned.committed_at = time.monotonic()
         self._send_replies(batch)
         owned.store.commit(batch.tasks.values(), last_event if last_event >= 0 else None)
         stats = self.stats

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -314,6 +315,37 @@ def test_flow_control_caps_enqueued_but_unclaimed_tasks(settings: Settings) -> N
             message="one claimed, two enqueued",
         )
         assert statuses().count(TaskStatus.NEW) == 2, "the rest wait in the index"
+    finally:
+        proc.stop()
+        log.close()
+
+
+def test_commands_within_the_commit_interval_share_a_transaction(settings: Settings) -> None:
+    """Spread-out commands of one partition, 1 s apart at most per transaction."""
+    spaced = replace(settings, partitions=1, commit_interval_ms=1_000)
+    prepare(spaced, EMAIL)
+    assert spaced.kafka_bootstrap is not None
+    sender, log = CommandSender(spaced), EventLog(spaced)
+    proc = Processor(spaced, spaced.kafka_bootstrap, instance_id="spaced")
+    proc.start()
+    try:
+        assert proc.ready.wait(30)
+        ids = []
+        for _ in range(8):
+            ids.append(sender.schedule("send_email"))
+            sender.flush()
+            time.sleep(0.05)  # spreading the commands out is the point of this test
+        log.wait_until(
+            lambda lg: all(
+                (t := lg.latest().get(i)) is not None and t.status is TaskStatus.ENQUEUED
+                for i in ids
+            ),
+            message="every task enqueued",
+        )
+        # The first commits at once (nothing committed for a second before
+        # it); the seven sent within the next 0.4 s wait for one more.
+        assert proc.stats.commands == 8
+        assert proc.stats.batches <= 3, proc.stats
     finally:
         proc.stop()
         log.close()
