@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import json
 import logging
 import platform
@@ -110,7 +111,8 @@ class Bench:
         define_lambda(settings, settings.kafka_bootstrap, LambdaPolicy(name=LAMBDA, priorities=1))
         return Topics(settings.topic_prefix)
 
-    def preload(self, settings: Settings, n: int) -> None:
+    def preload(self, settings: Settings, n: int, *, ahead_ms: int = 0) -> None:
+        """Put ``n`` ScheduleTask commands on the topic, due ``ahead_ms`` from now."""
         topics = Topics(settings.topic_prefix)
         producer = kafka_clients.producer(
             self.bootstrap,
@@ -121,7 +123,9 @@ class Bench:
         for i in range(n):
             task_id = f"t{i:08d}"
             sent = now_ms()
-            command = ScheduleTask(uuid.uuid4().hex, task_id, LAMBDA, "default", 0, b"x" * 64, sent)
+            command = ScheduleTask(
+                uuid.uuid4().hex, task_id, LAMBDA, "default", 0, b"x" * 64, sent + ahead_ms
+            )
             while True:
                 try:
                     producer.produce(
@@ -308,11 +312,21 @@ class Bench:
     # -- 4 + 5 ----------------------------------------------------------
 
     def _paced(
-        self, settings: Settings, rate: float, seconds: float, delay: Callable[[], int], name: str
+        self,
+        settings: Settings,
+        rate: float,
+        seconds: float,
+        delay: Callable[[], int],
+        name: str,
+        *,
+        processor: Processor | None = None,
     ) -> tuple[dict[str, tuple[int, int]], dict[str, int], dict[str, int]]:
-        """Send at ``rate``/s for ``seconds``; measure enqueue time vs send and schedule time."""
+        """Send at ``rate``/s for ``seconds``; measure enqueue time vs send and schedule time.
+
+        Starts a processor unless one is given; stops it at the end.
+        """
         topics = Topics(settings.topic_prefix)
-        processor = self.start(settings, f"bench-{name}")
+        processor = processor or self.start(settings, f"bench-{name}")
         stop_reading = threading.Event()
         arrived: dict[str, int] = {}
 
@@ -358,7 +372,7 @@ class Bench:
         assert producer.flush(30) == 0
         self.wait(
             processor,
-            lambda: processor.stats.work >= total and len(arrived) >= total,
+            lambda: len(arrived) >= total,
             "enqueue",
             120,
         )
@@ -370,7 +384,8 @@ class Bench:
         reader = kafka_clients.consumer(self.bootstrap, kafka_config=settings.kafka_config)
         reader.assign([TopicPartition(topics.task_events, p, 0) for p in range(self.partitions)])
         idle = 0
-        while len(enqueued_at) < total and idle < 20:
+        wanted = set(sent)
+        while len(wanted & enqueued_at.keys()) < total and idle < 20:
             batch = kafka_clients.consume(reader, 10_000, 0.2)
             idle = 0 if batch else idle + 1
             for message in batch:
@@ -432,6 +447,52 @@ class Bench:
             f"{self.results['latency']['slowest_1pct_sent_at_s']}"
         )
 
+    def index(self, sizes: Sequence[int], rate: float, seconds: float) -> None:
+        """Immediate tasks' latency and the process's memory with ``size`` tasks waiting."""
+        rows = []
+        for size in sizes:
+            say(f"index: {size} tasks waiting a day ahead, then immediate tasks at {rate:g}/s")
+            settings = self.settings(f"index{size}", max_enqueued=1_000_000)
+            self.prepare(settings)
+            self.preload(settings, size, ahead_ms=DAY_MS)
+            processor = self.start(settings, f"bench-index-{size}")
+            began = time.monotonic()
+            self.wait(
+                processor,
+                functools.partial(lambda st, n: st.commands >= n, processor.stats, size),
+                "the preload",
+                3600,
+            )
+            loaded = time.monotonic() - began
+            rss_loaded = rss_mb()
+            say(f"  {size} waiting tasks recorded in {loaded:.1f}s; process RSS {rss_loaded} MB")
+            sent, enqueued_at, arrived = self._paced(
+                settings, rate, seconds, lambda: 0, f"i{size}-", processor=processor
+            )
+            first = min(s for s, _ in sent.values())
+            steady = [t for t, (s, _) in sent.items() if s - first >= 1000]
+            row = {
+                "waiting": size,
+                "load_seconds": round(loaded, 1),
+                "rss_mb_loaded": rss_loaded,
+                "rss_mb_after": rss_mb(),
+                "store_mb": round(_du(Path(settings.data_dir)) / 2**20, 1),
+                "sent_to_enqueued_event_ms": summary(
+                    [enqueued_at[t] - sent[t][0] for t in steady if t in enqueued_at]
+                ),
+                "sent_to_exec_topic_ms": summary(
+                    [arrived[t] - sent[t][0] for t in steady if t in arrived]
+                ),
+            }
+            rows.append(row)
+            say(
+                f"  sent -> TaskEnqueued.at {fmt(row['sent_to_enqueued_event_ms'])}; "
+                f"sent -> exec topic {fmt(row['sent_to_exec_topic_ms'])}; "
+                f"store {row['store_mb']} MB on disk"
+            )
+            shutil.rmtree(settings.data_dir, ignore_errors=True)
+        self.results["index"] = rows
+
     def lateness(self, rate: float, seconds: float) -> None:
         say(f"lateness: tasks 1-3 s ahead at {rate:g}/s for {seconds:g}s, poll_interval_ms=50")
         settings = self.settings("lateness", max_enqueued=1_000_000)
@@ -451,6 +512,21 @@ class Bench:
         }
         say(f"  TaskEnqueued.at - scheduled_at: {fmt(summary(late_event))}")
         say(f"  exec topic read - scheduled_at: {fmt(summary(late_exec))}")
+
+
+DAY_MS = 86_400_000
+
+
+def rss_mb() -> float:
+    """This process's resident memory (the processor runs in it), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+def _du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def fmt(s: dict[str, float]) -> str:
@@ -558,6 +634,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="cProfile the processor thread of each phase into this file (the last phase wins)",
     )
+    parser.add_argument(
+        "--index-sizes",
+        default="10000,100000,1000000",
+        help="waiting tasks in the index phase (default 10000,100000,1000000)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--session-timeout-ms", type=int, default=6000)
     args = parser.parse_args(argv)
@@ -579,6 +660,9 @@ def main(argv: list[str] | None = None) -> int:
                 bench.latency(args.rate, args.seconds)
             if "lateness" in phases:
                 bench.lateness(args.rate / 2, args.seconds)
+            if "index" in phases:
+                sizes = [int(x) for x in args.index_sizes.split(",") if x.strip()]
+                bench.index(sizes, args.rate / 2, args.seconds / 2)
         bench.results["machine"] = {
             "python": sys.version.split()[0],
             "platform": platform.platform(),
