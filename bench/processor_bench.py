@@ -593,6 +593,15 @@ def print_table(results: dict[str, Any]) -> None:
             ),
             ("delayed lateness: exec topic-sched", fmt(late["exec_topic_minus_scheduled_ms"])),
         ]
+    for row in results.get("index", []):
+        rows.append(
+            (
+                f"{row['waiting']} waiting: sent->exec topic",
+                f"{fmt(row['sent_to_exec_topic_ms'])}; RSS {row['rss_mb_after']} MB",
+            )
+        )
+    if not rows:
+        return
     width = max(len(k) for k, _ in rows)
     print("\n" + "=" * (width + 60))
     for key, value in rows:

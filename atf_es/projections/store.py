@@ -539,6 +539,26 @@ class RocksTaskStore:
         self._cache_size = cache_size
         self._offset = -1
         self._counters = _Counters({}, {})
+        self._floors: dict[bytes, bytes | None] = {}
+        """Per index range (b"" for the timeouts, a queue's prefix for its ready
+        keys): a key no live key of the range is below, or None when the
+        range is empty. Absent: the range's start.
+
+        RocksDB keeps a deleted key as a tombstone until a compaction, and a
+        seek steps over every tombstone after its target. Every task leaves a
+        trail of deleted trigger keys at the front of these ranges, so seeking
+        from the range's start cost more with every task ever done (measured:
+        an idle processor's CPU went from 1% to 12% after 10,000 tasks).
+        Seeking from the floor steps over only what was deleted since the
+        last seek."""
+
+    def _floor(self, space: bytes) -> bytes | None:
+        return self._floors.get(space, space)
+
+    def _lower_floor(self, space: bytes, key: bytes) -> None:
+        floor = self._floor(space)
+        if floor is None or key < floor:
+            self._floors[space] = key
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, cache_size: int = 16384) -> RocksTaskStore:
@@ -760,6 +780,8 @@ class RocksTaskStore:
         batch = WriteBatch(raw_mode=True)
         delta = _Delta()
         applied: list[Task] = []
+        added: list[tuple[bytes, bytes]] = []
+        """(index range, key) of every trigger key written."""
         for task_id, new in latest.items():
             old = stored.get(task_id)
             if old is not None:
@@ -773,8 +795,10 @@ class RocksTaskStore:
             # A delete followed by a put of the same key in one batch is a put.
             if _is_ready(new):
                 batch.put(_ready_key(new), b"", ready_cf)
+                added.append((_ready_prefix(new.lambda_name, new.priority), _ready_key(new)))
             elif _is_timeout(new):
                 batch.put(_timeout_key(new), b"", timeouts_cf)
+                added.append((b"", _timeout_key(new)))
             delta.move(old, new)
             applied.append(new)
         status = _apply_counts(self._counters.status, delta.status)
@@ -801,6 +825,8 @@ class RocksTaskStore:
             raise StoreError(f"task store {self._path}: write failed: {exc}") from exc
         for task in applied:
             self._remember(task)
+        for space, trigger in added:
+            self._lower_floor(space, trigger)
         self._counters.update(status, waiting)
         if advance:
             assert events_offset is not None
@@ -812,10 +838,13 @@ class RocksTaskStore:
         self._live()
         if limit <= 0 or now < _I64_MIN:
             return []
+        floor = self._floor(b"")
+        if floor is None:
+            return []
         upper = None if now >= _I64_MAX else _i64(now + 1)
         return [
             (_from_i64(key[:8]), key[8:].decode())
-            for key, _ in self._scan("timeouts", b"", upper, limit)
+            for key, _ in self._scan("timeouts", floor, upper, limit)
         ]
 
     def due_ready(
@@ -827,11 +856,14 @@ class RocksTaskStore:
         if limit <= 0 or now < _I64_MIN:
             return []
         prefix = _ready_prefix(lambda_name, priority)
+        floor = self._floor(prefix)
+        if floor is None:
+            return []
         upper = prefix + _i64(now + 1) if now < _I64_MAX else _prefix_end(prefix)
         start = len(prefix)
         return [
             (_from_i64(key[start : start + 8]), key[start + 8 :].decode())
-            for key, _ in self._scan("ready", prefix, upper, limit)
+            for key, _ in self._scan("ready", floor, upper, limit)
         ]
 
     def waiting(self) -> dict[tuple[str, int], int]:
@@ -844,15 +876,25 @@ class RocksTaskStore:
     def next_trigger(self) -> int | None:
         self._live()
         firsts: list[int] = []
-        first = self._first_key("timeouts")
+        first = self._first_in(b"", "timeouts", None)
         if first is not None:
             firsts.append(_from_i64(first[:8]))
         # One seek per (lambda, priority) queue: there are few of them.
         for queue in self._counters.waiting:
             prefix = _ready_prefix(*queue)
-            for key, _ in self._scan("ready", prefix, _prefix_end(prefix), 1):
-                firsts.append(_from_i64(key[len(prefix) : len(prefix) + 8]))
+            first = self._first_in(prefix, "ready", _prefix_end(prefix))
+            if first is not None:
+                firsts.append(_from_i64(first[len(prefix) : len(prefix) + 8]))
         return min(firsts, default=None)
+
+    def _first_in(self, space: bytes, cf_name: str, upper: bytes | None) -> bytes | None:
+        """The first live key of an index range; raises its floor to it."""
+        floor = self._floor(space)
+        if floor is None:
+            return None
+        found = next((key for key, _ in self._scan(cf_name, floor, upper, 1)), None)
+        self._floors[space] = found
+        return found
 
     def counts(self) -> dict[CounterKey, int]:
         self._live()

@@ -238,6 +238,32 @@ def test_due_timeouts_order_bounds_and_limit(store: TaskStore) -> None:
     assert store.due_timeouts(2**63 - 1, 10)[-1] == (201, "late")
 
 
+def test_triggers_earlier_than_every_earlier_one_are_still_found(store: TaskStore) -> None:
+    # Tasks leave the index and new ones arrive in front of where the scans
+    # last started: a store that seeks from where it last found a key must
+    # still see every one of them.
+    live: dict[str, tuple[TaskStatus, int]] = {}
+    for step in range(30):
+        for task_id, status, at in (
+            (f"t{step}", S.ENQUEUED, 1_000 - step),
+            (f"r{step}", S.NEW, 500 - step),
+        ):
+            store.commit([task(task_id, status, 1, at)], None)
+            live[task_id] = (status, at)
+            assert store.next_trigger() == min(at for _, at in live.values())
+        store.commit([task(f"t{step}", S.SUCCESS, 2, None)], None)
+        del live[f"t{step}"]
+        store.commit([task(f"r{step}", S.ENQUEUED, 2, 700 - step)], None)
+        live[f"r{step}"] = (S.ENQUEUED, 700 - step)
+        assert store.next_trigger() == min(at for _, at in live.values())
+    timeouts = sorted((at, t) for t, (status, at) in live.items() if status is S.ENQUEUED)
+    assert store.due_timeouts(10_000, 100) == timeouts
+    assert store.due_ready("send_email", 0, 10_000, 10) == []
+    store.commit([task("late", S.NEW, 1, 5)], None)
+    assert store.next_trigger() == 5
+    assert store.due_ready("send_email", 0, 5, 10) == [(5, "late")]
+
+
 def test_due_ready_is_per_queue_ordered_and_bounded(store: TaskStore) -> None:
     store.commit(
         [
