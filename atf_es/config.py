@@ -132,9 +132,11 @@ class Settings:
     """Enqueued-but-unclaimed tasks allowed per (lambda, priority); the rest wait."""
     max_batch: int = 500
     """Most records a processor takes from Kafka per poll (one transaction each batch)."""
-    commit_interval_ms: int = 0
+    commit_interval_ms: int = 20
     """Shortest time between two transactions of one partition; commands that
-    arrive sooner wait and share the next one (0: commit every poll)."""
+    arrive sooner wait and share the next one (0: commit every poll). Under
+    load it turns many small transactions into fewer larger ones; a command
+    that finds the partition idle for this long is committed at once."""
     frontend_address: str = "127.0.0.1:7070"
     """host:port of the Frontend gRPC service (where it listens, where clients call)."""
     hsc_address: str = "127.0.0.1:7071"
