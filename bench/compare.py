@@ -334,19 +334,26 @@ def table(results: list[dict[str, Any]]) -> str:
     by = {r["system"]: r for r in results}
     names = [n for n in SYSTEMS if n in by]
     peers = [n for n in names if n != "atf-es"]
-    header = ["figure", *names, *(f"atf-es / {p}" for p in peers if "atf-es" in by)]
+    header = [
+        "figure",
+        "better",
+        *names,
+        *(f"atf-es / {p}" for p in peers if "atf-es" in by),
+    ]
     rows: list[list[str]] = []
 
     def add(label: str, get: Callable[[dict[str, Any]], float | None], better: str) -> None:
         values = {n: get(by[n]) for n in names}
-        cells = [label, *(("-" if values[n] is None else f"{values[n]:g}") for n in names)]
+        cells = [
+            label,
+            better,
+            *(("-" if values[n] is None else f"{values[n]:g}") for n in names),
+        ]
         if "atf-es" in by:
             mine = values["atf-es"]
             for p in peers:
                 theirs = values[p]
-                cells.append(
-                    "-" if not mine or not theirs else f"{mine / theirs:.2f} ({better} is better)"
-                )
+                cells.append("-" if not mine or not theirs else f"{mine / theirs:.2f}x")
         rows.append(cells)
 
     def steady(fraction_index: int, what: str, q: str) -> Callable[[dict[str, Any]], float | None]:
