@@ -41,23 +41,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.peers import Peer  # noqa: E402 - the repository root is on sys.path only now
+
 SYSTEMS = ("atf-es", "celery", "dramatiq")
-
-
-class Peer(Protocol):
-    name: str
-
-    def start(self) -> None: ...
-    def submit(self, key: str, delay_s: float = 0.0) -> object: ...
-    def wait_all(self, handles: Sequence[object], timeout: float) -> int: ...
-    def pids(self) -> list[int]: ...
-    def stop(self) -> None: ...
 
 
 # -- measuring -------------------------------------------------------------------

@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from confluent_kafka import Producer
@@ -282,16 +284,28 @@ def test_bad_input_is_set_aside_and_the_partition_keeps_moving(
     poison.close()
 
 
-def test_flow_control_caps_enqueued_but_unclaimed_tasks(settings: Settings) -> None:
-    # One partition, so the cluster-wide cap is this partition's share exactly.
-    capped = replace(settings, partitions=1, max_enqueued=2)
-    prepare(capped, EMAIL)
-    assert capped.kafka_bootstrap is not None
-    sender, log = CommandSender(capped), EventLog(capped)
-    proc = Processor(capped, capped.kafka_bootstrap, instance_id="capped")
+@contextmanager
+def one_partition(
+    settings: Settings, instance: str, **overrides: Any
+) -> Iterator[tuple[CommandSender, EventLog, Processor]]:
+    """A processor of its own over one partition, with these settings changed."""
+    single = replace(settings, partitions=1, **overrides)
+    prepare(single, EMAIL)
+    assert single.kafka_bootstrap is not None
+    sender, log = CommandSender(single), EventLog(single)
+    proc = Processor(single, single.kafka_bootstrap, instance_id=instance)
     proc.start()
     try:
         assert proc.ready.wait(30)
+        yield sender, log, proc
+    finally:
+        proc.stop()
+        log.close()
+
+
+def test_flow_control_caps_enqueued_but_unclaimed_tasks(settings: Settings) -> None:
+    # One partition, so the cluster-wide cap is this partition's share exactly.
+    with one_partition(settings, "capped", max_enqueued=2) as (sender, log, _):
         ids = [sender.schedule("send_email") for _ in range(5)]
         sender.flush()
 
@@ -315,21 +329,11 @@ def test_flow_control_caps_enqueued_but_unclaimed_tasks(settings: Settings) -> N
             message="one claimed, two enqueued",
         )
         assert statuses().count(TaskStatus.NEW) == 2, "the rest wait in the index"
-    finally:
-        proc.stop()
-        log.close()
 
 
 def test_commands_within_the_commit_interval_share_a_transaction(settings: Settings) -> None:
     """Spread-out commands of one partition, 1 s apart at most per transaction."""
-    spaced = replace(settings, partitions=1, commit_interval_ms=1_000)
-    prepare(spaced, EMAIL)
-    assert spaced.kafka_bootstrap is not None
-    sender, log = CommandSender(spaced), EventLog(spaced)
-    proc = Processor(spaced, spaced.kafka_bootstrap, instance_id="spaced")
-    proc.start()
-    try:
-        assert proc.ready.wait(30)
+    with one_partition(settings, "spaced", commit_interval_ms=1_000) as (sender, log, proc):
         ids = []
         for _ in range(8):
             ids.append(sender.schedule("send_email"))
@@ -346,9 +350,6 @@ def test_commands_within_the_commit_interval_share_a_transaction(settings: Setti
         # it); the seven sent within the next 0.4 s wait for one more.
         assert proc.stats.commands == 8
         assert proc.stats.batches <= 3, proc.stats
-    finally:
-        proc.stop()
-        log.close()
 
 
 def test_a_task_runs_to_success_through_raw_commands(
