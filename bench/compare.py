@@ -383,6 +383,17 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _without_samples(result: dict[str, Any]) -> dict[str, Any]:
+    out = dict(result)
+    out["steady"] = [
+        {k: v for k, v in row.items() if k != "delivery_samples"}
+        for row in result.get("steady", [])
+    ]
+    if "delayed" in result:
+        out["delayed"] = {k: v for k, v in result["delayed"].items() if k != "lateness_samples"}
+    return out
+
+
 def plot(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -488,7 +499,9 @@ def main(argv: list[str] | None = None) -> int:
     say("")
     say(table(results))
     if args.json:
-        args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+        # Every figure but the raw samples, which only the plot needs.
+        figures = [_without_samples(r) for r in results]
+        args.json.write_text(json.dumps({"meta": meta, "results": figures}, indent=1) + "\n")
         say(f"figures in {args.json}")
     if args.plot:
         plot(results, args.plot)
