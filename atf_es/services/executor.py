@@ -124,6 +124,7 @@ class _Finished:
     attempts: int = 0
     retry_at: float = 0.0
     """When to send it again after a failed attempt (``time.monotonic()``)."""
+    settled: bool = False
 
 
 class _Beat(Enum):
@@ -467,8 +468,12 @@ class Executor:
             return self._reporting
 
     def _settle(self, item: _Finished) -> None:
+        if item.settled:
+            return
+        item.settled = True
+        # Not joined: a heartbeat in flight ends on its own, and waiting for
+        # its deadline would hold up every other result behind it.
         item.beating.set()
-        item.beats.join()
         with self._lock:
             self._reporting -= 1
 
@@ -484,7 +489,13 @@ class Executor:
             retry = [item for item in retry if not (stop or item.retry_at <= now)]
             batch = due + batch
             if batch:
-                retry += self._report(batch)
+                try:
+                    retry += self._report(batch)
+                except Exception:  # the reporter must outlive any one batch
+                    log.exception("reporting %d results failed; giving them up", len(batch))
+                    for item in batch:
+                        if not item.settled:
+                            self._give_up(item)
             if stop:
                 for item in retry:
                     self._give_up(item)
@@ -530,7 +541,7 @@ class Executor:
         failed: list[tuple[_Finished, str]] = []
         try:
             response = hsc.SetResults(request, timeout=RESULT_DEADLINE_S)
-        except grpc.RpcError as exc:
+        except (grpc.RpcError, ValueError) as exc:  # ValueError: the channel closed at stop()
             problem = _describe_rpc(exc)
             failed = [(item, problem) for item in batch]
         else:
