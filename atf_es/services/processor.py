@@ -203,7 +203,7 @@ class Processor:
             },
         )
         self._reply_partition_exists(0)  # learn the replies topic's partitions now
-        self._poison_partitions = self._partition_count(self.topics.poison)
+        self._poison_partitions = self._partition_count(self.topics.poison) or 1
         self._replier = kafka_clients.producer(self.bootstrap, self.settings.kafka_config)
         self._consumer.subscribe(
             [self.topics.commands],
@@ -361,17 +361,17 @@ class Processor:
             policy = self._control.get(lambda_name)
         return policy
 
-    def _partition_count(self, topic: str) -> int:
-        """How many partitions ``topic`` has; 1 if Kafka cannot say now."""
+    def _partition_count(self, topic: str) -> int | None:
+        """How many partitions ``topic`` has; None if Kafka cannot say now."""
         assert self._consumer is not None
         try:
             metadata = self._consumer.list_topics(topic, timeout=5.0)
         except KafkaException as exc:
             log.warning("reading the partitions of %s: %s", topic, exc)
-            return 1
+            return None
         found = metadata.topics.get(topic)
         if found is None or found.error is not None or not found.partitions:
-            return 1
+            return None
         return len(found.partitions)
 
     def _reply_partition_exists(self, partition: int) -> bool:
@@ -384,14 +384,9 @@ class Processor:
             and now - self._reply_metadata_at >= REPLY_METADATA_REFRESH_S
         ):
             self._reply_metadata_at = now
-            try:
-                metadata = consumer.list_topics(self.topics.replies, timeout=5.0)
-            except KafkaException as exc:
-                log.warning("reading the partitions of %s: %s", self.topics.replies, exc)
-            else:
-                topic = metadata.topics.get(self.topics.replies)
-                if topic is not None and topic.error is None:
-                    self._reply_partitions = len(topic.partitions)
+            count = self._partition_count(self.topics.replies)
+            if count is not None:
+                self._reply_partitions = count
         return partition < self._reply_partitions
 
     def _poll_once(self) -> None:
