@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import getpass
 import json
 import logging
 import signal
 import sys
 import textwrap
 import threading
+import time
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -309,6 +311,27 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--reason", default="", help="why (kept in the history)")
     _frontend_option(cancel)
     cancel.set_defaults(handler=_cmd_cancel)
+
+    gate = sub(
+        "gate",
+        "pause, resume or drop a lambda or collection",
+        "Gates hold a lambda's tasks, or one collection's, as they become due: "
+        "'pause' keeps them waiting (nothing is lost), 'drop' ends them dropped, "
+        "'resume' lets them go again (at most the flow-control limit at a time). "
+        "Running tasks finish normally. 'list' shows the closed gates.",
+    )
+    gate.add_argument("action", choices=("pause", "resume", "drop", "list"))
+    gate.add_argument(
+        "target",
+        nargs="?",
+        metavar="LAMBDA[/COLLECTION]",
+        help="what to gate; for 'list', an optional lambda to show",
+    )
+    gate.add_argument("--reason", default="", help="why (kept in the control topic)")
+    gate.add_argument("--by", default="", help="who (default: your user name)")
+    gate.add_argument("--json", action="store_true", help="print JSON")
+    _frontend_option(gate)
+    gate.set_defaults(handler=_cmd_gate)
     return parser
 
 
@@ -565,6 +588,53 @@ def _cmd_cancel(args: argparse.Namespace, settings: Settings, out: TextIO) -> in
     with Client(args.frontend or settings.frontend_address) as client:
         info = client.cancel(args.task_id, args.reason, requested_by="atf-es cancel")
     print(f"{info.task_id}: {info.status.value}", file=out)
+    return EXIT_OK
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name and no password entry
+        return "unknown"
+
+
+def _cmd_gate(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    target = args.target or ""
+    lambda_name, _, collection = target.partition("/")
+    if args.action != "list" and not lambda_name:
+        print(f"atf-es gate {args.action}: name a LAMBDA or LAMBDA/COLLECTION", file=sys.stderr)
+        return EXIT_USAGE
+    if args.action == "list" and collection:
+        print("atf-es gate list: takes a LAMBDA, not a collection", file=sys.stderr)
+        return EXIT_USAGE
+    with Client(args.frontend or settings.frontend_address) as client:
+        if args.action == "list":
+            gates = client.gates(lambda_name or None)
+        else:
+            set_gate = {"pause": client.pause, "resume": client.resume, "drop": client.drop}
+            by = args.by or _user()
+            gates = [
+                set_gate[args.action](
+                    lambda_name, collection or None, reason=args.reason, by=f"{by} (atf-es gate)"
+                )
+            ]
+    if args.json:
+        print(
+            json.dumps([dataclasses.asdict(g) | {"name": g.name} for g in gates], indent=2),
+            file=out,
+        )
+        return EXIT_OK
+    if args.action != "list":
+        (gate,) = gates
+        done = {"pause": "paused", "resume": "resumed", "drop": "dropping"}[args.action]
+        print(f"{gate.name}: {done}", file=out)
+        return EXIT_OK
+    if not gates:
+        print("no closed gates", file=out)
+    for gate in gates:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(gate.set_at_ms / 1000))
+        reason = f"  {gate.reason}" if gate.reason else ""
+        print(f"{gate.name:<40} {gate.action:<6} {when} UTC  by {gate.set_by}{reason}", file=out)
     return EXIT_OK
 
 

@@ -1,6 +1,8 @@
 """The client SDK: schedule, inspect, cancel and wait for tasks over gRPC.
 
-``Client`` is synchronous; ``AsyncClient`` has the same methods for asyncio.
+``Client`` is synchronous; ``AsyncClient`` has the same task methods for
+asyncio. The operator's gate methods (``pause``, ``drop``, ``resume``,
+``gates``, over ``atf.v1.Admin``) are on ``Client`` only.
 Both talk to the Frontend service and turn gRPC errors into a small typed
 hierarchy rooted at ``AtfError``, keeping the server's sentence::
 
@@ -28,7 +30,13 @@ from typing import Any, Self
 import grpc
 import grpc.aio
 
-from atf_es._proto.atf.v1 import common_pb2, frontend_pb2, frontend_pb2_grpc
+from atf_es._proto.atf.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    common_pb2,
+    frontend_pb2,
+    frontend_pb2_grpc,
+)
 from atf_es.events.status import TaskStatus
 
 REPLY_CODE_KEY = "atf-reply-code"
@@ -175,6 +183,10 @@ class TaskInfo:
     idempotency_key: str | None = None
     payload: bytes | None = None
     """Only when asked for (``get(..., include_payload=True)``)."""
+    held_by: str | None = None
+    """The closed gate covering this waiting task ("lambda" or "lambda/collection")."""
+    held_action: str | None = None
+    """What that gate does once the task is due: "pause" (hold it) or "drop"."""
 
     @property
     def terminal(self) -> bool:
@@ -208,6 +220,46 @@ class TaskInfo:
             result=opt("result"),
             idempotency_key=opt("idempotency_key"),
             payload=opt("payload"),
+            held_by=opt("held_by"),
+            held_action=opt("held_action"),
+        )
+
+
+_GATE_ACTIONS = {
+    admin_pb2.GATE_ACTION_PAUSE: "pause",
+    admin_pb2.GATE_ACTION_DROP: "drop",
+    admin_pb2.GATE_ACTION_RESUME: "open",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class GateInfo:
+    """A gate as the control topic holds it."""
+
+    lambda_name: str
+    collection: str | None
+    """None: every collection of the lambda."""
+    action: str
+    """"pause", "drop", or "open" (what ``resume`` leaves)."""
+    reason: str
+    set_by: str
+    set_at_ms: int
+
+    @property
+    def name(self) -> str:
+        return (
+            self.lambda_name if self.collection is None else f"{self.lambda_name}/{self.collection}"
+        )
+
+    @classmethod
+    def from_proto(cls, gate: admin_pb2.Gate) -> GateInfo:
+        return cls(
+            lambda_name=gate.lambda_name,
+            collection=gate.collection if gate.HasField("collection") else None,
+            action=_GATE_ACTIONS.get(gate.action, "unspecified"),
+            reason=gate.reason,
+            set_by=gate.set_by,
+            set_at_ms=gate.set_at_ms,
         )
 
 
@@ -318,6 +370,7 @@ class Client:
         self.timeout = timeout
         self._channel = grpc.insecure_channel(address)
         self._stub = frontend_pb2_grpc.FrontendStub(self._channel)
+        self._admin = admin_pb2_grpc.AdminStub(self._channel)
 
     def schedule(
         self,
@@ -371,6 +424,49 @@ class Client:
             frontend_pb2.CancelRequest(task_id=task_id, reason=reason, requested_by=requested_by),
         )
         return TaskInfo.from_proto(response.task)
+
+    def pause(
+        self, lambda_name: str, collection: str | None = None, *, reason: str = "", by: str = ""
+    ) -> GateInfo:
+        """Hold the lambda's (or one collection's) tasks as they become due; nothing is lost.
+
+        >>> atf.pause("send_email", "marketing", reason="provider outage")  # doctest: +SKIP
+        """
+        return self._set_gate(admin_pb2.GATE_ACTION_PAUSE, lambda_name, collection, reason, by)
+
+    def drop(
+        self, lambda_name: str, collection: str | None = None, *, reason: str = "", by: str = ""
+    ) -> GateInfo:
+        """End the lambda's (or one collection's) tasks ``dropped`` as they become due."""
+        return self._set_gate(admin_pb2.GATE_ACTION_DROP, lambda_name, collection, reason, by)
+
+    def resume(
+        self, lambda_name: str, collection: str | None = None, *, reason: str = "", by: str = ""
+    ) -> GateInfo:
+        """Open the gate: held tasks go out again, within the flow-control limit."""
+        return self._set_gate(admin_pb2.GATE_ACTION_RESUME, lambda_name, collection, reason, by)
+
+    def gates(self, lambda_name: str | None = None) -> list[GateInfo]:
+        """The closed gates (of one lambda, or of all), by name."""
+        request = admin_pb2.ListGatesRequest()
+        if lambda_name is not None:
+            request.lambda_name = lambda_name
+        response = self._call(self._admin.ListGates, request)
+        return [GateInfo.from_proto(gate) for gate in response.gates]
+
+    def _set_gate(
+        self,
+        action: admin_pb2.GateAction,
+        lambda_name: str,
+        collection: str | None,
+        reason: str,
+        by: str,
+    ) -> GateInfo:
+        gate = admin_pb2.Gate(lambda_name=lambda_name, action=action, reason=reason, set_by=by)
+        if collection is not None:
+            gate.collection = collection
+        response = self._call(self._admin.SetGate, admin_pb2.SetGateRequest(gate=gate))
+        return GateInfo.from_proto(response.gate)
 
     def wait(self, task_id: str, timeout: float) -> TaskInfo:
         """Poll until the task is terminal; ``TimeoutError`` after ``timeout`` seconds.
@@ -510,6 +606,7 @@ __all__ = [
     "Client",
     "DeadlineExceeded",
     "FailedPrecondition",
+    "GateInfo",
     "InvalidArgument",
     "NotFound",
     "ResourceExhausted",

@@ -34,6 +34,7 @@ __all__ = [
     "ENV_CONFIG_FILE",
     "ENV_KAFKA_PREFIX",
     "ENV_PREFIX",
+    "PRIORITY_POLICIES",
     "ConfigError",
     "Settings",
     "env_var_for",
@@ -55,6 +56,9 @@ _TOPIC_PREFIX = re.compile(r"^[A-Za-z0-9._-]+$")
 
 # Values that must never be echoed back by `atf-es config`.
 _SECRET_KEY_PARTS = ("password", "secret", "token", "key")
+
+PRIORITY_POLICIES = ("strict", "aging")
+"""How a Controller picks among buffered priorities (see docs/priorities.md)."""
 
 DEFAULT_SOURCE = "default"
 ARGUMENT_SOURCE = "argument"
@@ -143,6 +147,14 @@ class Settings:
     """host:port of the Heartbeat and Status Controller."""
     controller_address: str = "127.0.0.1:7072"
     """host:port of this worker host's Controller (executors call it)."""
+    priority_policy: str = "aging"
+    """How a Controller picks the next buffered item: ``strict`` always takes the
+    highest non-empty priority; ``aging`` does too, except that an item buffered
+    longer than ``priority_aging_ms`` goes first (the oldest such item first), so
+    a flood of high priority cannot starve the low levels forever."""
+    priority_aging_ms: int = 60_000
+    """With ``priority_policy = "aging"``: how long an item waits in a Controller's
+    buffer before it is served ahead of higher priorities."""
     kafka_config: Mapping[str, str] = field(default_factory=dict)
     """librdkafka properties passed to every client (SASL, SSL, ...)."""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -199,6 +211,7 @@ class Settings:
             "max_enqueued": (1, 1_000_000),
             "max_batch": (1, 100_000),
             "commit_interval_ms": (0, 10_000),
+            "priority_aging_ms": (1, DAY_MS),
         }
         for name, (low, high) in limits.items():
             value = getattr(self, name)
@@ -207,6 +220,9 @@ class Settings:
             elif value < low or (high is not None and value > high):
                 bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
                 bad(name, f"must be {bounds}, got {value}")
+        if self.priority_policy not in PRIORITY_POLICIES:
+            choices = " or ".join(map(repr, PRIORITY_POLICIES))
+            bad("priority_policy", f"must be {choices}, got {self.priority_policy!r}")
         if not isinstance(self.data_dir, Path):
             bad("data_dir", "must be a non-empty path")
         for name in _ADDRESS_FIELDS:
@@ -244,6 +260,7 @@ _INT_FIELDS = {
     "max_enqueued",
     "max_batch",
     "commit_interval_ms",
+    "priority_aging_ms",
 }
 
 
@@ -300,7 +317,7 @@ class _Layers:
                 self.problems.append(f"data_dir must be a non-empty path (from {source}).")
                 return
             value = Path(value)
-        elif name in ("kafka_bootstrap", "topic_prefix", *_ADDRESS_FIELDS):
+        elif name in ("kafka_bootstrap", "topic_prefix", "priority_policy", *_ADDRESS_FIELDS):
             if name == "kafka_bootstrap" and value in (None, ""):
                 value = None
             elif not isinstance(value, str):

@@ -43,6 +43,8 @@ from atf_es.config import Settings
 from atf_es.events import (
     ClaimTask,
     Command,
+    Gate,
+    GateAction,
     LambdaPolicy,
     Outcome,
     QueryTask,
@@ -54,6 +56,7 @@ from atf_es.events.codec import (
     HEADER_SIZE,
     MARKER,
     encode_command,
+    encode_gate,
     encode_lambda,
     encode_work,
     get_codec,
@@ -441,9 +444,17 @@ def garbage_control_records(
         kind, make = makers[index] if index < len(makers) else rng.choice(makers)
         name, value = make()
         records.append((kind, 0, control_key(name).encode(), value, False))
-    # Entries that are not lambdas (other readers' keys, no key at all) and a
-    # tombstone for a lambda that never existed.
-    records.append(("foreign-key", 0, b"gate/" + rng.randbytes(8), rng.randbytes(32), False))
+    # Gates that must not apply: unreadable, and a drop gate of a real lambda
+    # filed under another key (applied, it would drop every task of it).
+    gated = names[0] if names else "x"
+    records.append(("unreadable-gate", 0, f"gate/{gated}".encode(), rng.randbytes(32), False))
+    misfiled = Gate(gated, None, GateAction.DROP, "misfiled", "garbage", now_ms())
+    records.append(
+        ("misfiled-gate", 0, f"gate/{_rid(rng, 'nolambda')}".encode(), encode_gate(misfiled), False)
+    )
+    # Entries that are neither lambdas nor gates (other readers' keys, no key
+    # at all) and a tombstone for a lambda that never existed.
+    records.append(("foreign-key", 0, b"schedule/" + rng.randbytes(8), rng.randbytes(32), False))
     records.append(("no-key", 0, None, rng.randbytes(32), False))
     records.append(("tombstone", 0, control_key(_rid(rng, "nolambda")).encode(), None, False))
     return _send(_producer(settings), topic, records)

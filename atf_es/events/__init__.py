@@ -15,6 +15,7 @@ from atf_es.events.commands import (
     SetResult,
     TimerFired,
 )
+from atf_es.events.gates import Gate, GateAction, GateError, covering
 from atf_es.events.lifecycle import (
     Accepted,
     Decision,
@@ -41,6 +42,7 @@ from atf_es.events.transitions import (
     TaskEnqueued,
     TaskFailed,
     TaskFailedFatally,
+    TaskHeld,
     TaskRedriven,
     TaskScheduled,
     TaskStarted,
@@ -62,6 +64,9 @@ __all__ = [
     "DropTask",
     "Event",
     "FailureKind",
+    "Gate",
+    "GateAction",
+    "GateError",
     "Heartbeat",
     "HeartbeatRecorded",
     "LambdaPolicy",
@@ -82,6 +87,7 @@ __all__ = [
     "TaskEnqueued",
     "TaskFailed",
     "TaskFailedFatally",
+    "TaskHeld",
     "TaskRedriven",
     "TaskScheduled",
     "TaskStarted",
@@ -91,6 +97,7 @@ __all__ = [
     "TimerReason",
     "WorkItem",
     "backoff_ms",
+    "covering",
     "decide",
     "evolve",
     "replay",

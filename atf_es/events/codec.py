@@ -31,6 +31,7 @@ from fastavro.schema import fingerprint as _fastavro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
 from atf_es.events.commands import Command
+from atf_es.events.gates import Gate
 from atf_es.events.policy import LambdaPolicy
 from atf_es.events.records import (
     CommandEnvelope,
@@ -40,6 +41,7 @@ from atf_es.events.records import (
     control_from_record,
     event_from_record,
     event_to_record,
+    gate_to_record,
     lambda_to_record,
     poison_from_record,
     poison_to_record,
@@ -73,6 +75,7 @@ __all__ = [
     "decode_work",
     "encode_command",
     "encode_event",
+    "encode_gate",
     "encode_lambda",
     "encode_poison",
     "encode_reply",
@@ -325,7 +328,11 @@ def encode_lambda(policy: LambdaPolicy, at: int) -> bytes:
     return _encode("ControlRecord", lambda_to_record, policy, at)
 
 
-def decode_control(data: bytes | bytearray | memoryview) -> LambdaPolicy:
+def encode_gate(gate: Gate) -> bytes:
+    return _encode("ControlRecord", gate_to_record, gate)
+
+
+def decode_control(data: bytes | bytearray | memoryview) -> LambdaPolicy | Gate:
     record = get_codec("ControlRecord").decode(data)
     try:
         return control_from_record(record)

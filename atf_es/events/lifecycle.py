@@ -8,16 +8,16 @@ task reproduces it exactly.
 
 The next-trigger rule (one trigger per live task, none for finished ones):
 
-=================  ==========================================
+=================  ============================================
 status             next_trigger_at
-=================  ==========================================
-new                scheduled time (or the redrive time)
+=================  ============================================
+new                scheduled time (or the redrive or hold time)
 enqueued           enqueued_at + enqueue_timeout
 claimed            claimed_at + claim_timeout
 processing         last heartbeat + heartbeat_timeout
 retriable_failure  failure time + backoff
 terminal           none
-=================  ==========================================
+=================  ============================================
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from atf_es.events.commands import (
     SetResult,
     TimerFired,
 )
+from atf_es.events.gates import Gate, GateAction
 from atf_es.events.policy import COLLECTION_NAME, LambdaPolicy
 from atf_es.events.status import TaskStatus
 from atf_es.events.task import Task
@@ -53,6 +54,7 @@ from atf_es.events.transitions import (
     TaskEnqueued,
     TaskFailed,
     TaskFailedFatally,
+    TaskHeld,
     TaskRedriven,
     TaskScheduled,
     TaskStarted,
@@ -63,6 +65,7 @@ from atf_es.events.transitions import (
 Input = Command | TimerFired
 
 _WAITING = frozenset({TaskStatus.NEW, TaskStatus.ENQUEUED, TaskStatus.RETRIABLE_FAILURE})
+_READY = frozenset({TaskStatus.NEW, TaskStatus.RETRIABLE_FAILURE})
 _RUNNING = frozenset({TaskStatus.CLAIMED, TaskStatus.PROCESSING})
 _OUTCOME_STATUS = {
     Outcome.SUCCESS: TaskStatus.SUCCESS,
@@ -93,16 +96,30 @@ class Accepted:
 class Rejected:
     code: RejectCode
     message: str
+    events: tuple[Event, ...] = ()
+    """What the refusal itself records: a claim refused by a closed gate
+    takes the task off the queue (``TaskHeld`` or ``TaskDropped``)."""
 
 
 Decision = Accepted | Rejected
 
 
-def decide(task: Task | None, item: Input, now: int, policy: LambdaPolicy | None) -> Decision:
+def decide(
+    task: Task | None,
+    item: Input,
+    now: int,
+    policy: LambdaPolicy | None,
+    gate: Gate | None = None,
+) -> Decision:
     """Answer ``item`` for ``task`` (None if unknown) at time ``now``.
 
     ``policy`` is the policy of the task's lambda (of the lambda being
     scheduled, for ``ScheduleTask``); None means the lambda is not defined.
+    ``gate`` is the closed gate covering the task, if any
+    (:func:`~atf_es.events.gates.covering`): under it a task that becomes
+    due is not enqueued (``pause`` leaves it waiting, or sends a timed-out
+    one back to ``new`` with ``TaskHeld``; ``drop`` ends it ``dropped``), and
+    an enqueued task cannot be claimed. Running tasks finish normally.
     """
     if isinstance(item, ScheduleTask):
         return _schedule(task, item, now, policy)
@@ -118,9 +135,9 @@ def decide(task: Task | None, item: Input, now: int, policy: LambdaPolicy | None
         )
     match item:
         case TimerFired():
-            return _timer(task, now, policy)
+            return _gated(task, _timer(task, now, policy), gate)
         case ClaimTask():
-            return _claim(task, item, now, policy)
+            return _claim(task, item, now, policy, gate)
         case Heartbeat():
             return _heartbeat(task, item, now, policy)
         case SetResult():
@@ -194,7 +211,7 @@ def _schedule(
     )
 
 
-def _timer(task: Task, now: int, policy: LambdaPolicy) -> Decision:
+def _timer(task: Task, now: int, policy: LambdaPolicy) -> Accepted:
     if task.next_trigger_at is None or now < task.next_trigger_at:
         return Accepted()
     reason = {
@@ -232,6 +249,25 @@ def _timer(task: Task, now: int, policy: LambdaPolicy) -> Decision:
     )
 
 
+def _gated(task: Task, decision: Accepted, gate: Gate | None) -> Accepted:
+    """``decision`` of a timer, with what a closed gate makes of an enqueue."""
+    if gate is None or not gate.closed:
+        return decision
+    if not any(isinstance(event, TaskEnqueued) for event in decision.events):
+        return decision  # not due, or dead-lettered: gates hold work, not endings
+    (enqueue,) = decision.events
+    if gate.action is GateAction.PAUSE and task.status in _READY:
+        return Accepted()  # held where it is: in the ready index, due
+    return Accepted((_stopped_by(gate, task, enqueue.at, enqueue.cause),))
+
+
+def _stopped_by(gate: Gate, task: Task, now: int, cause: Cause) -> TaskHeld | TaskDropped:
+    """What a closed gate does to a task that was about to be handed out."""
+    if gate.action is GateAction.DROP:
+        return TaskDropped(task.task_id, task.seq + 1, now, cause, gate.name)
+    return TaskHeld(task.task_id, task.seq + 1, now, cause, gate.name)
+
+
 def _stale(task: Task, lease: int) -> Rejected | None:
     if lease != task.lease:
         return Rejected(
@@ -247,7 +283,9 @@ def _wrong_state(task: Task, action: str) -> Rejected:
     )
 
 
-def _claim(task: Task, cmd: ClaimTask, now: int, policy: LambdaPolicy) -> Decision:
+def _claim(
+    task: Task, cmd: ClaimTask, now: int, policy: LambdaPolicy, gate: Gate | None
+) -> Decision:
     if (stale := _stale(task, cmd.lease)) is not None:
         return stale
     if task.status is TaskStatus.CLAIMED and task.worker == cmd.worker:
@@ -255,6 +293,14 @@ def _claim(task: Task, cmd: ClaimTask, now: int, policy: LambdaPolicy) -> Decisi
         return Accepted()
     if task.status is not TaskStatus.ENQUEUED:
         return _wrong_state(task, "claim")
+    if gate is not None and gate.closed:
+        # Enqueued before the gate closed: off the queue it goes, held or dropped.
+        cause = Cause.command("ClaimTask", cmd.command_id)
+        return Rejected(
+            RejectCode.WRONG_STATE,
+            f"cannot claim task {task.task_id!r}: gate {gate.name!r} is {gate.action}",
+            (_stopped_by(gate, task, now, cause),),
+        )
     return Accepted(
         (
             TaskClaimed(
@@ -440,6 +486,17 @@ def evolve(task: Task | None, event: Event) -> Task:
             return _finished(base, TaskStatus.CANCELLED, event.at)
         case TaskDropped():
             return _finished(base, TaskStatus.DROPPED, event.at)
+        case TaskHeld():
+            return replace(
+                base,
+                status=TaskStatus.NEW,
+                enqueued_at=None,
+                claimed_at=None,
+                started_at=None,
+                heartbeat_at=None,
+                worker=None,
+                next_trigger_at=event.at,
+            )
         case TaskRedriven():
             return replace(
                 base,

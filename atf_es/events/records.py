@@ -30,6 +30,7 @@ from atf_es.events.commands import (
     ScheduleTask,
     SetResult,
 )
+from atf_es.events.gates import Gate, GateAction
 from atf_es.events.policy import FailureKind, LambdaPolicy
 from atf_es.events.replies import PoisonRecord, Reply, ReplyCode
 from atf_es.events.status import TaskStatus
@@ -46,6 +47,7 @@ from atf_es.events.transitions import (
     TaskEnqueued,
     TaskFailed,
     TaskFailedFatally,
+    TaskHeld,
     TaskRedriven,
     TaskScheduled,
     TaskStarted,
@@ -66,6 +68,7 @@ __all__ = [
     "control_key",
     "event_from_record",
     "event_to_record",
+    "gate_to_record",
     "lambda_to_record",
     "poison_from_record",
     "poison_to_record",
@@ -186,6 +189,7 @@ EVENT_KINDS: Final[dict[type[Event], str]] = {
     TaskCancelled: "TASK_CANCELLED",
     TaskDropped: "TASK_DROPPED",
     TaskRedriven: "TASK_REDRIVEN",
+    TaskHeld: "TASK_HELD",
 }
 """The ``EventKind`` symbol of each event class: its name in UPPER_SNAKE_CASE."""
 
@@ -216,6 +220,7 @@ EVENT_DETAIL_FIELDS: Final[dict[type[Event], tuple[tuple[str, ...], tuple[str, .
     TaskDeadLettered: (("error",), ()),
     TaskCancelled: (("requested_by", "reason"), ()),
     TaskDropped: (("gate",), ()),
+    TaskHeld: (("gate",), ()),
     TaskRedriven: (("requested_by", "reason", "run_at"), ()),
 }
 """Per event class: the detail fields it requires, and those it allows to be null."""
@@ -492,6 +497,7 @@ def poison_from_record(rec: Record) -> PoisonRecord:
 # -- control records ------------------------------------------------------
 
 _LAMBDA_DEFINITION: Final = f"{NAMESPACE}.LambdaDefinition"
+_GATE: Final = f"{NAMESPACE}.Gate"
 
 
 def lambda_to_record(policy: LambdaPolicy, at: int) -> Record:
@@ -504,11 +510,33 @@ def lambda_to_record(policy: LambdaPolicy, at: int) -> Record:
     return {"name": control_key(policy.name), "at": at, "body": (_LAMBDA_DEFINITION, body)}
 
 
-def control_from_record(rec: Record) -> LambdaPolicy:
-    # fastavro names the branch of a union only while it has more than one record.
+def gate_to_record(gate: Gate) -> Record:
+    """A gate for the control topic, keyed ``gate/<lambda>[/<collection>]``."""
+    body: Record = {
+        "lambda_name": gate.lambda_name,
+        "collection": gate.collection,
+        "action": gate.action.name,
+        "reason": gate.reason,
+        "set_by": gate.set_by,
+    }
+    return {"name": gate.key, "at": gate.set_at, "body": (_GATE, body)}
+
+
+def control_from_record(rec: Record) -> LambdaPolicy | Gate:
+    # fastavro names the branch of a union only while it has more than one
+    # record (ControlRecord v1 had one).
     kind, body = (
         rec["body"] if isinstance(rec["body"], tuple) else (_LAMBDA_DEFINITION, rec["body"])
     )
+    if kind == _GATE:
+        return Gate(
+            lambda_name=body["lambda_name"],
+            collection=body["collection"],
+            action=_enum(GateAction, body["action"]),
+            reason=body["reason"],
+            set_by=body["set_by"],
+            set_at=rec["at"],
+        )
     if kind != _LAMBDA_DEFINITION:
         raise RecordError(f"unknown control record body {kind!r}")
     values = {k: v for k, v in body.items() if k not in ("lambda_name", "default_failure")}

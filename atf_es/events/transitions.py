@@ -173,6 +173,18 @@ class TaskDropped:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskHeld:
+    """A task whose timeout fired while a pause gate covers it: back to ``new``,
+    due at once, and held in the ready index until the gate opens."""
+
+    task_id: str
+    seq: int
+    at: int
+    cause: Cause
+    gate: str
+
+
+@dataclass(frozen=True, slots=True)
 class TaskRedriven:
     """A dead letter given a fresh set of attempts, due at ``run_at``."""
 
@@ -197,6 +209,7 @@ Event = (
     | TaskDeadLettered
     | TaskCancelled
     | TaskDropped
+    | TaskHeld
     | TaskRedriven
 )
 
@@ -212,5 +225,6 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     TaskDeadLettered,
     TaskCancelled,
     TaskDropped,
+    TaskHeld,
     TaskRedriven,
 )

@@ -13,12 +13,14 @@ What is stored:
   (:func:`~atf_es.events.codec.encode_task`). A snapshot replaces the stored
   one only when its ``seq`` is higher, so replaying the log changes nothing.
 * ``ready``: tasks waiting to be enqueued (``new``, ``retriable_failure``),
-  keyed ``lambda \\0 priority next_trigger_at task_id`` so one range scan
-  finds the due tasks of a (lambda, priority) in trigger order.
+  keyed ``lambda \\0 collection \\0 priority next_trigger_at task_id`` so one
+  range scan finds the due tasks of a queue, a (lambda, collection,
+  priority), in trigger order, and a gate that holds one collection costs
+  the scans of the others nothing.
 * ``timeouts``: tasks out on a queue or with a worker (``enqueued``,
   ``claimed``, ``processing``), keyed ``next_trigger_at task_id``.
 * ``counters``: tasks per (lambda, collection, priority, status), and tasks
-  in the ready index per (lambda, priority); kept in memory as well, so flow
+  in the ready index per queue; kept in memory as well, so flow
   control never touches the disk.
 * ``meta``: the format version and the last applied events offset.
 
@@ -64,6 +66,7 @@ __all__ = [
     "FORMAT_VERSION",
     "CounterKey",
     "MemoryTaskStore",
+    "Queue",
     "RocksTaskStore",
     "StoreError",
     "StoreLockedError",
@@ -73,11 +76,15 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION: Final = 1
-"""Version of the on-disk layout; a store of another version is refused."""
+FORMAT_VERSION: Final = 2
+"""Version of the on-disk layout; a store of another version is refused (and
+:func:`open_or_rebuild` rebuilds it from the log). 2: ready keys and waiting
+counters name the collection."""
 
 CounterKey: TypeAlias = tuple[str, str, int, str]
 """(lambda_name, collection, priority, status value)."""
+Queue: TypeAlias = tuple[str, str, int]
+"""(lambda_name, collection, priority): one range of the ready index."""
 
 _READY_STATUSES: Final = frozenset({TaskStatus.NEW, TaskStatus.RETRIABLE_FAILURE})
 _TIMEOUT_STATUSES: Final = frozenset(
@@ -138,14 +145,12 @@ class TaskStore(Protocol):
         """(next_trigger_at, task_id) of timeout entries due at ``now``, oldest first."""
         ...
 
-    def due_ready(
-        self, lambda_name: str, priority: int, now: int, limit: int
-    ) -> list[tuple[int, str]]:
+    def due_ready(self, queue: Queue, now: int, limit: int) -> list[tuple[int, str]]:
         """(next_trigger_at, task_id) of ready entries of one queue due at ``now``."""
         ...
 
-    def waiting(self) -> dict[tuple[str, int], int]:
-        """Tasks in the ready index per (lambda, priority), due or not."""
+    def waiting(self) -> dict[Queue, int]:
+        """Tasks in the ready index per queue, due or not."""
         ...
 
     def enqueued(self, lambda_name: str, priority: int) -> int:
@@ -225,6 +230,16 @@ def _is_timeout(task: Task) -> bool:
     return task.next_trigger_at is not None and task.status in _TIMEOUT_STATUSES
 
 
+def _queue(task: Task) -> Queue:
+    return (task.lambda_name, task.collection, task.priority)
+
+
+def _check_queue(queue: Queue) -> None:
+    _check_text("lambda_name", queue[0])
+    _check_text("collection", queue[1])
+    _check_i64("priority", queue[2])
+
+
 def _counter_key(task: Task) -> CounterKey:
     return (task.lambda_name, task.collection, task.priority, task.status.value)
 
@@ -236,7 +251,7 @@ class _Delta:
 
     def __init__(self) -> None:
         self.status: dict[CounterKey, int] = {}
-        self.waiting: dict[tuple[str, int], int] = {}
+        self.waiting: dict[Queue, int] = {}
 
     def move(self, old: Task | None, new: Task) -> None:
         new_key = _counter_key(new)
@@ -246,10 +261,10 @@ class _Delta:
             if old_key is not None:
                 self.status[old_key] = self.status.get(old_key, 0) - 1
         if old is not None and _is_ready(old):
-            queue = (old.lambda_name, old.priority)
+            queue = _queue(old)
             self.waiting[queue] = self.waiting.get(queue, 0) - 1
         if _is_ready(new):
-            queue = (new.lambda_name, new.priority)
+            queue = _queue(new)
             self.waiting[queue] = self.waiting.get(queue, 0) + 1
 
 
@@ -272,12 +287,12 @@ class _Counters:
 
     __slots__ = ("enqueued", "status", "waiting")
 
-    def __init__(self, status: dict[CounterKey, int], waiting: dict[tuple[str, int], int]) -> None:
+    def __init__(self, status: dict[CounterKey, int], waiting: dict[Queue, int]) -> None:
         self.status = status
         self.waiting = waiting
         self.enqueued = _enqueued_by_queue(status)
 
-    def update(self, status: dict[CounterKey, int], waiting: dict[tuple[str, int], int]) -> None:
+    def update(self, status: dict[CounterKey, int], waiting: dict[Queue, int]) -> None:
         for key, value in status.items():
             old = self.status.get(key, 0)
             if value:
@@ -285,12 +300,12 @@ class _Counters:
             else:
                 self.status.pop(key, None)
             if key[3] == _ENQUEUED:
-                queue = (key[0], key[2])
-                n = self.enqueued.get(queue, 0) + value - old
+                pair = (key[0], key[2])
+                n = self.enqueued.get(pair, 0) + value - old
                 if n:
-                    self.enqueued[queue] = n
+                    self.enqueued[pair] = n
                 else:
-                    self.enqueued.pop(queue, None)
+                    self.enqueued.pop(pair, None)
         for queue, value in waiting.items():
             if value:
                 self.waiting[queue] = value
@@ -306,7 +321,7 @@ class MemoryTaskStore:
 
     def __init__(self) -> None:
         self._tasks: dict[str, Task] = {}
-        self._ready: dict[tuple[str, int], list[tuple[int, str]]] = {}
+        self._ready: dict[Queue, list[tuple[int, str]]] = {}
         self._timeouts: list[tuple[int, str]] = []
         self._counters = _Counters({}, {})
         self._offset = -1
@@ -364,7 +379,7 @@ class MemoryTaskStore:
             return
         entry = (task.next_trigger_at, task.task_id)
         if task.status in _READY_STATUSES:
-            queue = self._ready.setdefault((task.lambda_name, task.priority), [])
+            queue = self._ready.setdefault(_queue(task), [])
             bisect.insort(queue, entry)
         elif task.status in _TIMEOUT_STATUSES:
             bisect.insort(self._timeouts, entry)
@@ -374,7 +389,7 @@ class MemoryTaskStore:
             return
         entry = (task.next_trigger_at, task.task_id)
         if task.status in _READY_STATUSES:
-            key = (task.lambda_name, task.priority)
+            key = _queue(task)
             queue = self._ready[key]
             del queue[bisect.bisect_left(queue, entry)]
             if not queue:
@@ -386,15 +401,12 @@ class MemoryTaskStore:
         self._check_open()
         return _due(self._timeouts, now, limit)
 
-    def due_ready(
-        self, lambda_name: str, priority: int, now: int, limit: int
-    ) -> list[tuple[int, str]]:
+    def due_ready(self, queue: Queue, now: int, limit: int) -> list[tuple[int, str]]:
         self._check_open()
-        _check_text("lambda_name", lambda_name)
-        _check_i64("priority", priority)
-        return _due(self._ready.get((lambda_name, priority), []), now, limit)
+        _check_queue(queue)
+        return _due(self._ready.get(queue, []), now, limit)
 
-    def waiting(self) -> dict[tuple[str, int], int]:
+    def waiting(self) -> dict[Queue, int]:
         self._check_open()
         return dict(self._counters.waiting)
 
@@ -443,17 +455,14 @@ def _from_i64(data: bytes) -> int:
     return value - _BIAS
 
 
-def _ready_prefix(lambda_name: str, priority: int) -> bytes:
-    return lambda_name.encode() + b"\x00" + _i64(priority)
+def _ready_prefix(queue: Queue) -> bytes:
+    lambda_name, collection, priority = queue
+    return lambda_name.encode() + b"\x00" + collection.encode() + b"\x00" + _i64(priority)
 
 
 def _ready_key(task: Task) -> bytes:
     assert task.next_trigger_at is not None
-    return (
-        _ready_prefix(task.lambda_name, task.priority)
-        + _i64(task.next_trigger_at)
-        + task.task_id.encode()
-    )
+    return _ready_prefix(_queue(task)) + _i64(task.next_trigger_at) + task.task_id.encode()
 
 
 def _timeout_key(task: Task) -> bytes:
@@ -486,13 +495,18 @@ def _parse_status_counter_key(key: bytes) -> CounterKey:
     )
 
 
-def _waiting_counter_key(queue: tuple[str, int]) -> bytes:
-    return _WAITING_COUNTER + _ready_prefix(*queue)
+def _waiting_counter_key(queue: Queue) -> bytes:
+    return _WAITING_COUNTER + _ready_prefix(queue)
 
 
-def _parse_waiting_counter_key(key: bytes) -> tuple[str, int]:
+def _parse_waiting_counter_key(key: bytes) -> Queue:
     lambda_end = key.index(b"\x00", 1)
-    return key[1:lambda_end].decode(), _from_i64(key[lambda_end + 1 : lambda_end + 9])
+    collection_end = key.index(b"\x00", lambda_end + 1)
+    return (
+        key[1:lambda_end].decode(),
+        key[lambda_end + 1 : collection_end].decode(),
+        _from_i64(key[collection_end + 1 : collection_end + 9]),
+    )
 
 
 def _db_options() -> RocksOptions:
@@ -625,7 +639,7 @@ class RocksTaskStore:
             offset = meta.get(_META_OFFSET)
             self._offset = -1 if offset is None else _from_i64(offset)
             status: dict[CounterKey, int] = {}
-            waiting: dict[tuple[str, int], int] = {}
+            waiting: dict[Queue, int] = {}
             for key, value in self._scan("counters", b"", None, None):
                 n = _from_i64(value)
                 if key[:1] == _STATUS_COUNTER:
@@ -795,7 +809,7 @@ class RocksTaskStore:
             # A delete followed by a put of the same key in one batch is a put.
             if _is_ready(new):
                 batch.put(_ready_key(new), b"", ready_cf)
-                added.append((_ready_prefix(new.lambda_name, new.priority), _ready_key(new)))
+                added.append((_ready_prefix(_queue(new)), _ready_key(new)))
             elif _is_timeout(new):
                 batch.put(_timeout_key(new), b"", timeouts_cf)
                 added.append((b"", _timeout_key(new)))
@@ -847,15 +861,12 @@ class RocksTaskStore:
             for key, _ in self._scan("timeouts", floor, upper, limit)
         ]
 
-    def due_ready(
-        self, lambda_name: str, priority: int, now: int, limit: int
-    ) -> list[tuple[int, str]]:
+    def due_ready(self, queue: Queue, now: int, limit: int) -> list[tuple[int, str]]:
         self._live()
-        _check_text("lambda_name", lambda_name)
-        _check_i64("priority", priority)
+        _check_queue(queue)
         if limit <= 0 or now < _I64_MIN:
             return []
-        prefix = _ready_prefix(lambda_name, priority)
+        prefix = _ready_prefix(queue)
         floor = self._floor(prefix)
         if floor is None:
             return []
@@ -866,7 +877,7 @@ class RocksTaskStore:
             for key, _ in self._scan("ready", floor, upper, limit)
         ]
 
-    def waiting(self) -> dict[tuple[str, int], int]:
+    def waiting(self) -> dict[Queue, int]:
         self._live()
         return dict(self._counters.waiting)
 
@@ -879,9 +890,9 @@ class RocksTaskStore:
         first = self._first_in(b"", "timeouts", None)
         if first is not None:
             firsts.append(_from_i64(first[:8]))
-        # One seek per (lambda, priority) queue: there are few of them.
+        # One seek per (lambda, collection, priority) queue: there are few of them.
         for queue in self._counters.waiting:
-            prefix = _ready_prefix(*queue)
+            prefix = _ready_prefix(queue)
             first = self._first_in(prefix, "ready", _prefix_end(prefix))
             if first is not None:
                 firsts.append(_from_i64(first[len(prefix) : len(prefix) + 8]))

@@ -1,11 +1,12 @@
-"""The control topic: lambda definitions every service reads.
+"""The control topic: lambda definitions and gates every service reads.
 
-The topic is compacted and keyed ``lambda/<name>``; the latest record per key
-is the lambda's policy, a tombstone removes it. A record that does not decode
-as a valid policy of the lambda its key names is counted in ``bad_records``,
-logged and ignored: the definition read before it stays in force. Defining a
-lambda also creates its execution topics, one per priority, so the processor
-never writes to a topic that is not there.
+The topic is compacted. A key ``lambda/<name>`` holds the lambda's policy; a
+key ``gate/<lambda>`` or ``gate/<lambda>/<collection>`` holds a gate
+(:mod:`atf_es.events.gates`). The latest record per key is in force, a
+tombstone removes it. A record that does not decode as what its key names
+is counted in ``bad_records``, logged and ignored: what was read before it
+stays in force. Defining a lambda also creates its execution topics, one per
+priority, so the processor never writes to a topic that is not there.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from atf_es import kafka_clients
 from atf_es.broker import ensure_topics
 from atf_es.clock import now_ms
 from atf_es.config import Settings
-from atf_es.events import LambdaPolicy
-from atf_es.events.codec import DecodeError, decode_control, encode_lambda
+from atf_es.events import Gate, LambdaPolicy
+from atf_es.events.codec import DecodeError, decode_control, encode_gate, encode_lambda
+from atf_es.events.gates import GATE_PREFIX, GateKey, covering
 from atf_es.events.records import control_key
 from atf_es.topics import Topics, exec_topic_spec
 
@@ -46,10 +48,34 @@ def define_lambda(settings: Settings, bootstrap: str, policy: LambdaPolicy) -> N
         raise RuntimeError(f"could not publish lambda {policy.name!r} to the control topic")
 
 
+def publish_gate(settings: Settings, bootstrap: str, gate: Gate) -> None:
+    """Write ``gate`` to the control topic; raises RuntimeError if it is not stored."""
+    producer = kafka_clients.producer(bootstrap, settings.kafka_config)
+    failed: list[str] = []
+
+    def delivered(error: KafkaError | None, _message: object) -> None:
+        if error is not None:
+            failed.append(str(error))
+
+    producer.produce(
+        Topics(settings.topic_prefix).control,
+        key=gate.key.encode(),
+        value=encode_gate(gate),
+        on_delivery=delivered,
+    )
+    if producer.flush(30) != 0 or failed:
+        raise RuntimeError(
+            f"could not write gate {gate.name!r} to the control topic: "
+            + ("; ".join(failed) or "not delivered within 30 s")
+        )
+
+
 class ControlView:
     """An up-to-date, in-memory copy of the control topic."""
 
     def __init__(self, settings: Settings, bootstrap: str) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
         self._topic = Topics(settings.topic_prefix).control
         self._consumer = kafka_clients.consumer(
             bootstrap,
@@ -58,6 +84,7 @@ class ControlView:
         )
         self._consumer.assign([TopicPartition(self._topic, 0, 0)])
         self._policies: dict[str, LambdaPolicy] = {}
+        self._gates: dict[GateKey, Gate] = {}
         self.bad_records = 0
         self._closed = False
 
@@ -67,6 +94,17 @@ class ControlView:
 
     def get(self, lambda_name: str) -> LambdaPolicy | None:
         return self._policies.get(lambda_name)
+
+    @property
+    def gates(self) -> Mapping[GateKey, Gate]:
+        """Every gate read, open ones included, by (lambda, collection or None)."""
+        return self._gates
+
+    def gate(self, lambda_name: str, collection: str) -> Gate | None:
+        """The closed gate that holds tasks of ``lambda_name``/``collection``, if any."""
+        if not self._gates:
+            return None
+        return covering(self._gates, lambda_name, collection)
 
     def poll(self, timeout: float = 0.0) -> int:
         """Apply what has arrived; returns how many records were read."""
@@ -98,17 +136,30 @@ class ControlView:
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         name = (key or b"").decode("utf-8", "replace")
-        if not name.startswith("lambda/"):
-            return  # other control entries (gates, schedules) belong to other readers
+        is_gate = name.startswith(GATE_PREFIX)
+        if not (is_gate or name.startswith("lambda/")):
+            return  # other control entries (schedules) belong to other readers
         if value is None:
-            self._policies.pop(name.removeprefix("lambda/"), None)
+            if is_gate:
+                lambda_name, _, collection = name.removeprefix(GATE_PREFIX).partition("/")
+                self._gates.pop((lambda_name, collection or None), None)
+            else:
+                self._policies.pop(name.removeprefix("lambda/"), None)
             return
         try:
-            policy = decode_control(value)
+            entry = decode_control(value)
         except (DecodeError, ValueError) as exc:
             self.bad_records += 1
             log.warning("control topic: ignoring unreadable record %.200r: %s", name, exc)
             return
+        if isinstance(entry, Gate):
+            if entry.key != name:
+                self.bad_records += 1
+                log.warning("control topic: ignoring record %.200r: it is gate %r", name, entry.key)
+                return
+            self._gates[(entry.lambda_name, entry.collection)] = entry
+            return
+        policy = entry
         if control_key(policy.name) != name:
             # Compaction keeps one record per key: a definition under another
             # lambda's key would outlive or replace the wrong one.

@@ -7,11 +7,23 @@ after the HSC accepted a ``ClaimTask`` for the asking worker; a refused claim
 (stale lease, wrong state, cancelled) means the item is a leftover from an
 earlier enqueue, and it is discarded.
 
-Priority is **strict**: ``NextWork`` always takes from the highest non-empty
-priority level, and lambdas at the same level take turns. Strict priority is
-what ATF promises ("higher runs first once ready") and what an owner can
-reason about; it can starve low levels under sustained high-priority load,
-which is the owner's capacity decision, not something to hide with weights.
+Priority. ``NextWork`` takes from the highest non-empty priority level, and
+lambdas at the same level take turns: "higher runs first once ready", which
+is what an owner can reason about. Strict order alone starves the low levels
+for as long as high-priority work keeps coming, so ``Settings.priority_policy``
+chooses what happens then (:class:`PrioritySelector`; docs/priorities.md):
+
+* ``aging`` (the default): an item that has waited in its buffer longer than
+  ``Settings.priority_aging_ms`` (60 s) is served before everything else, the
+  oldest such item first. In normal operation nothing waits that long and the
+  order is strict; under a sustained flood every level still moves, about a
+  buffer's worth of items per aging period. No weights to tune: one number,
+  "how long may low priority be held back", which is the question an owner
+  can answer. The age counts from the moment the item entered this
+  controller's buffer (a monotonic clock: no skew between hosts).
+* ``strict``: the order is strict, always; a starved item is enqueued again by
+  its enqueue timeout, and again, until capacity frees up. For owners who
+  would rather add capacity than run low priority ahead of high.
 
 Offsets. The consumer group is ``<prefix>.controller`` with
 ``enable.auto.offset.store=false``: an item's offset is stored (and then
@@ -40,14 +52,16 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from atf_es import kafka_clients
 from atf_es._proto.atf.v1 import common_pb2, worker_pb2, worker_pb2_grpc
-from atf_es.config import Settings
+from atf_es.config import PRIORITY_POLICIES, Settings
 from atf_es.events import LambdaPolicy, WorkItem
 from atf_es.events.codec import DecodeError, decode_work
 from atf_es.services.channels import service_channel
@@ -56,7 +70,7 @@ from atf_es.services.grpc_server import GrpcServer, abort
 from atf_es.services.hsc import MAX_WORKER_CHARS, REFUSAL_CODES, REPLY_CODE_KEY
 from atf_es.topics import Topics
 
-__all__ = ["Controller", "ControllerStats"]
+__all__ = ["Controller", "ControllerStats", "PrioritySelector"]
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +112,8 @@ class _Buffered:
     offset: int
     generation: int
     """The assignment this item was read under; a stale one stores no offset."""
+    arrived: float
+    """``time.monotonic()`` when the item entered its buffer: its age for ``aging``."""
 
 
 @dataclass
@@ -110,8 +126,76 @@ class ControllerStats:
     bad_records: int = 0
     claim_errors: int = 0
     pauses: int = 0
+    aged: int = 0
+    """Items served by the ``aging`` rule: they had waited longer than
+    ``priority_aging_ms``. A count that keeps growing means the low levels
+    are held back that long: the host needs more capacity."""
     waiting: int = 0
     """NextWork calls waiting for work right now (idle executor threads)."""
+
+
+class _Arrived(Protocol):
+    @property
+    def arrived(self) -> float: ...
+
+
+class PrioritySelector:
+    """Which (lambda, priority) buffer ``NextWork`` takes its next item from.
+
+    Pure: it reads the buffers it is given and the time it is told, and keeps
+    only the same-level turn. The controller calls it under its lock for every
+    item, so it looks at the front of each buffer only: a buffer is FIFO by
+    arrival (an item put back goes to the front, and it is older than the rest;
+    two put back at once may swap places), so its front is its oldest item.
+
+    ``strict``: the highest non-empty level among ``lambdas``; lambdas at the
+    same level take turns. ``aging``: first, of the items that have waited
+    longer than ``aging_ms``, the one that arrived first (ties: the higher
+    priority); only when there is none, as ``strict``.
+    """
+
+    def __init__(self, keys: Iterable[_Key], policy: str, aging_ms: int) -> None:
+        if policy not in PRIORITY_POLICIES:
+            raise ValueError(f"priority policy must be one of {PRIORITY_POLICIES}, got {policy!r}")
+        if aging_ms < 1:
+            raise ValueError(f"priority aging must be at least 1 ms, got {aging_ms}")
+        self.policy = policy
+        self.aging_ms = aging_ms
+        self._aging_s = aging_ms / 1000
+        levels: dict[int, list[_Key]] = {}
+        for key in dict.fromkeys(keys):
+            levels.setdefault(key[1], []).append(key)
+        self._levels = [levels[p] for p in sorted(levels, reverse=True)]
+        """Highest priority first; each level in the order its keys were given."""
+        self._turn = 0
+
+    def pick(
+        self,
+        buffers: Mapping[_Key, Sequence[_Arrived]],
+        lambdas: Collection[str],
+        now: float,
+    ) -> tuple[_Key, bool] | None:
+        """The buffer to take from and whether the aging rule chose it; None if all are empty."""
+        self._turn += 1
+        if self.policy == "aging":
+            # Arrived strictly before the cutoff: waited longer than aging_ms.
+            oldest_at = now - self._aging_s
+            oldest: _Key | None = None
+            for level in self._levels:
+                for key in level:
+                    if key[0] in lambdas:
+                        buffer = buffers[key]
+                        if buffer and buffer[0].arrived < oldest_at:
+                            oldest, oldest_at = key, buffer[0].arrived
+            if oldest is not None:
+                return oldest, True
+        for level in self._levels:
+            served = [key for key in level if key[0] in lambdas]
+            for offset in range(len(served)):
+                key = served[(self._turn + offset) % len(served)]
+                if buffers[key]:
+                    return key, False
+        return None
 
 
 class _PartitionOffsets:
@@ -169,6 +253,8 @@ class Controller:
         self.controller_id = controller_id or f"{socket.gethostname()}-{os.getpid()}"
         self.address = address
         self.buffer_per_priority = buffer_per_priority
+        self.priority_policy = settings.priority_policy
+        self.priority_aging_ms = settings.priority_aging_ms
         self.topics = Topics(settings.topic_prefix)
         self.stats = ControllerStats()
         self.policies: dict[str, LambdaPolicy] = {}
@@ -180,8 +266,7 @@ class Controller:
         self._max_workers = max_workers
         self._lock = threading.Condition()
         self._buffers: dict[_Key, deque[_Buffered]] = {}
-        self._order: list[_Key] = []  # highest priority first
-        self._turn = 0
+        self._selector = PrioritySelector((), self.priority_policy, self.priority_aging_ms)
         self._key_of_topic: dict[str, _Key] = {}
         self._finished: queue.SimpleQueue[_Buffered] = queue.SimpleQueue()
         # Owned by the poll thread only.
@@ -208,7 +293,10 @@ class Controller:
                 key = (lambda_name, priority)
                 self._buffers[key] = deque()
                 self._key_of_topic[self.topics.exec(lambda_name, priority)] = key
-        self._order = sorted(self._buffers, key=lambda k: -k[1])
+        self._selector = PrioritySelector(
+            self._buffers, self.priority_policy, self.priority_aging_ms
+        )
+        self._check_aging()
         self._channel = service_channel(self.hsc_address)
         self._hsc = worker_pb2_grpc.HeartbeatStatusStub(self._channel)
         self._consumer = kafka_clients.consumer(
@@ -267,6 +355,20 @@ class Controller:
         """How many items wait in each (lambda, priority) buffer."""
         with self._lock:
             return {key: len(buffer) for key, buffer in self._buffers.items()}
+
+    def _check_aging(self) -> None:
+        if self.priority_policy != "aging":
+            return
+        for name, policy in sorted(self.policies.items()):
+            if policy.priorities > 1 and policy.enqueue_timeout_ms <= self.priority_aging_ms:
+                log.warning(
+                    "lambda %r: its enqueue_timeout_ms (%d) is not above priority_aging_ms "
+                    "(%d): a starved item is enqueued again before it ages, and aging cannot "
+                    "help it; lower priority_aging_ms",
+                    name,
+                    policy.enqueue_timeout_ms,
+                    self.priority_aging_ms,
+                )
 
     def _read_policies(self) -> dict[str, LambdaPolicy]:
         control = ControlView(self.settings, self.bootstrap)
@@ -383,7 +485,11 @@ class Controller:
                 full = len(buffer) >= self.buffer_per_priority
                 if not full:
                     offsets.read(offset)
-                    buffer.append(_Buffered(item, topic, partition, offset, self._generation))
+                    buffer.append(
+                        _Buffered(
+                            item, topic, partition, offset, self._generation, time.monotonic()
+                        )
+                    )
                     self.stats.received += 1
                     # Every waiter: each NextWork waits for its own lambdas, and
                     # notify() could wake one that cannot take this item.
@@ -438,7 +544,7 @@ class Controller:
     # -- serving NextWork ------------------------------------------------
 
     def _take(self, lambdas: frozenset[str], deadline: float) -> _Buffered | None:
-        """The oldest item of the highest non-empty priority, waiting until ``deadline``."""
+        """The next item by the priority policy, waiting until ``deadline``."""
         with self._lock:
             while not self._stop.is_set():
                 found = self._pop(lambdas)
@@ -455,20 +561,13 @@ class Controller:
             return None
 
     def _pop(self, lambdas: frozenset[str]) -> _Buffered | None:
-        # Same-priority lambdas take turns: rotate the start within each level.
-        self._turn += 1
-        level: list[_Key] = []
-        for index, key in enumerate(self._order):
-            if key[0] in lambdas:
-                level.append(key)
-            last = index + 1 == len(self._order) or self._order[index + 1][1] != key[1]
-            if last and level:
-                for offset in range(len(level)):
-                    buffer = self._buffers[level[(self._turn + offset) % len(level)]]
-                    if buffer:
-                        return buffer.popleft()
-                level = []
-        return None
+        picked = self._selector.pick(self._buffers, lambdas, time.monotonic())
+        if picked is None:
+            return None
+        key, aged = picked
+        if aged:
+            self.stats.aged += 1
+        return self._buffers[key].popleft()
 
     def _put_back(self, entry: _Buffered) -> None:
         if entry.generation != self._generation:

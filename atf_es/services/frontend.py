@@ -50,11 +50,26 @@ from typing import NoReturn
 import grpc
 from confluent_kafka import KafkaException
 
-from atf_es._proto.atf.v1 import common_pb2, frontend_pb2, frontend_pb2_grpc
+from atf_es._proto.atf.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    common_pb2,
+    frontend_pb2,
+    frontend_pb2_grpc,
+)
 from atf_es.clock import now_ms
-from atf_es.events import CancelTask, Command, LambdaPolicy, QueryTask, ScheduleTask, Task
+from atf_es.events import (
+    CancelTask,
+    Command,
+    LambdaPolicy,
+    QueryTask,
+    ScheduleTask,
+    Task,
+    TaskStatus,
+)
 from atf_es.events.policy import COLLECTION_NAME, DEFAULT_COLLECTION, LAMBDA_NAME
 from atf_es.events.replies import Reply, ReplyCode
+from atf_es.services.admin import AdminService
 from atf_es.services.control import ControlView
 from atf_es.services.gateway import (
     CommandGateway,
@@ -175,7 +190,7 @@ class FrontendService(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
         # the rest of its command; refuse it here rather than poison it later.
         self.payload_limit = max_payload_bytes(Limits(max_record_bytes=gateway.max_record_bytes))
         # ControlView is a single consumer and a plain dict: one reader at a time.
-        self._control_lock = threading.Lock()
+        self.control_lock = threading.Lock()
 
     # -- helpers ---------------------------------------------------------
 
@@ -189,7 +204,7 @@ class FrontendService(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
         return max(0.0, min(self.max_wait, remaining - min(0.5, remaining * 0.1)))
 
     def _policy(self, lambda_name: str, timeout: float) -> LambdaPolicy:
-        with self._control_lock:
+        with self.control_lock:
             self.control.poll(0)
             policy = self.control.get(lambda_name)
             if policy is None:
@@ -419,9 +434,15 @@ class FrontendService(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
         reply = self._send(QueryTask(_new_id(), request.task_id), context)
         if not reply.accepted or reply.task is None:
             _refuse(context, _status_of(reply.code), reply.code, reply.message)
-        return frontend_pb2.GetTaskResponse(
-            task=task_to_proto(reply.task, include_payload=request.include_payload)
-        )
+        info = task_to_proto(reply.task, include_payload=request.include_payload)
+        if reply.task.status in _GATEABLE:
+            with self.control_lock:
+                self.control.poll(0)
+                gate = self.control.gate(reply.task.lambda_name, reply.task.collection)
+            if gate is not None:
+                info.held_by = gate.name
+                info.held_action = gate.action.value
+        return frontend_pb2.GetTaskResponse(task=info)
 
     def Cancel(
         self, request: frontend_pb2.CancelRequest, context: grpc.ServicerContext
@@ -463,6 +484,9 @@ class FrontendService(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
     ) -> Iterator[frontend_pb2.WatchResponse]:
         abort(context, grpc.StatusCode.UNIMPLEMENTED, HISTORY_UNIMPLEMENTED)
 
+
+_GATEABLE = frozenset({TaskStatus.NEW, TaskStatus.ENQUEUED, TaskStatus.RETRIABLE_FAILURE})
+"""Statuses a gate holds a task in (running tasks finish normally)."""
 
 _STATUS = {
     ReplyCode.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
@@ -524,13 +548,21 @@ def _require_task_id(context: grpc.ServicerContext, task_id: str) -> None:
 
 
 def frontend_server(gateway: CommandGateway, control: ControlView, address: str) -> GrpcServer:
-    """The Frontend on ``address`` (``host:0`` picks a port), with health and reflection."""
+    """The Frontend and ``atf.v1.Admin`` on ``address`` (``host:0`` picks a port),
+    with health and reflection."""
     service = FrontendService(gateway, control)
+    admin = AdminService(control, service.control_lock)
     return GrpcServer(
         "frontend",
         address,
-        [lambda server: frontend_pb2_grpc.add_FrontendServicer_to_server(service, server)],
-        [frontend_pb2.DESCRIPTOR.services_by_name["Frontend"].full_name],
+        [
+            lambda server: frontend_pb2_grpc.add_FrontendServicer_to_server(service, server),
+            lambda server: admin_pb2_grpc.add_AdminServicer_to_server(admin, server),
+        ],
+        [
+            frontend_pb2.DESCRIPTOR.services_by_name["Frontend"].full_name,
+            admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+        ],
     )
 
 

@@ -35,6 +35,8 @@ from atf_es.events import (
     Accepted,
     Command,
     Event,
+    Gate,
+    GateAction,
     LambdaPolicy,
     RejectCode,
     Rejected,
@@ -129,6 +131,12 @@ class Batch:
 
 
 PolicyLookup = Callable[[str], LambdaPolicy | None]
+GateLookup = Callable[[str, str], Gate | None]
+"""(lambda, collection) -> the closed gate covering it, if any."""
+
+
+def no_gates(_lambda_name: str, _collection: str) -> Gate | None:
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,12 +230,14 @@ class PartitionCore:
         *,
         reply_partition_exists: Callable[[int], bool] | None = None,
         poison_partitions: int = 1,
+        gates: GateLookup = no_gates,
     ) -> None:
         if poison_partitions < 1:
             raise ValueError(f"poison_partitions must be at least 1, got {poison_partitions}")
         self.partition = partition
         self.store = store
         self.policies = policies
+        self.gates = gates
         self.topics = topics
         self.limits = limits
         self.reply_partition_exists = reply_partition_exists
@@ -287,10 +297,13 @@ class PartitionCore:
         if lambda_name is None and task is not None:
             lambda_name = task.lambda_name
         policy = self.policies(lambda_name) if lambda_name is not None else None
-        decision = decide(task, command, batch.now, policy)
+        gate = None if task is None else self.gates(task.lambda_name, task.collection)
+        decision = decide(task, command, batch.now, policy, gate)
         if isinstance(decision, Rejected):
             if decision.code in _BAD_INPUT:
                 self._set_aside(batch, record, f"{decision.code}: {decision.message}")
+            if decision.events:
+                task = self._record(batch, task, decision.events)
             self._reply(batch, envelope, command, decision, task)
             return
         task = self._record(batch, task, decision.events)
@@ -416,16 +429,37 @@ class PartitionCore:
         if timeouts:
             for _, task_id in self.store.due_timeouts(batch.now, budget):
                 budget -= self._timer(batch, task_id)
+        collections: dict[tuple[str, int], list[str]] = {}
+        for lambda_name, collection, priority in self.store.waiting():
+            collections.setdefault((lambda_name, priority), []).append(collection)
         # Highest priority first, so that a shared budget favours it.
-        pairs = sorted(self.store.waiting(), key=lambda pair: (-pair[1], pair[0]))
-        for lambda_name, priority in pairs:
+        for (lambda_name, priority), names in sorted(
+            collections.items(), key=lambda item: (-item[0][1], item[0][0])
+        ):
             if budget <= 0:
                 break
             credit = min(budget, self._credit(batch, lambda_name, priority))
-            if credit <= 0:
-                continue
-            for _, task_id in self.store.due_ready(lambda_name, priority, batch.now, credit):
-                budget -= self._timer(batch, task_id)
+            # (trigger, task_id, whether a drop gate covers it), from every
+            # collection the gates let through, merged into trigger order.
+            due: list[tuple[int, str, bool]] = []
+            for collection in names:
+                gate = self.gates(lambda_name, collection)
+                if gate is not None and gate.action is GateAction.PAUSE:
+                    continue  # held in the index; skipping the range costs nothing
+                dropping = gate is not None
+                limit = budget if dropping else credit
+                queue = (lambda_name, collection, priority)
+                due.extend(
+                    (at, task_id, dropping)
+                    for at, task_id in self.store.due_ready(queue, batch.now, limit)
+                )
+            due.sort()
+            for _, task_id, dropping in due:
+                if budget <= 0:
+                    break
+                if dropping or self._credit(batch, lambda_name, priority) > 0:
+                    # Dropping a task enqueues nothing, so it needs no credit.
+                    budget -= self._timer(batch, task_id)
 
     def _timer(self, batch: Batch, task_id: str) -> int:
         """Fire one trigger; returns how many transitions it made (0 or 1)."""
@@ -441,8 +475,10 @@ class PartitionCore:
         return 1
 
     def _fire(self, batch: Batch, task: Task, policy: LambdaPolicy) -> Task:
-        """Run the task's due trigger; returns ``task`` itself when nothing was due."""
-        decision = decide(task, TimerFired(task.task_id), batch.now, policy)
+        """Run the task's due trigger; returns ``task`` itself when nothing was due
+        (or a pause gate holds it)."""
+        gate = self.gates(task.lambda_name, task.collection)
+        decision = decide(task, TimerFired(task.task_id), batch.now, policy, gate)
         if isinstance(decision, Rejected) or not decision.events:
             return task
         after = self._record(batch, task, decision.events)
@@ -486,6 +522,7 @@ def new_batch(partition: int, now: int) -> Batch:
 
 __all__ = [
     "Batch",
+    "GateLookup",
     "Limits",
     "Outgoing",
     "PartitionCore",

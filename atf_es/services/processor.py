@@ -40,7 +40,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from atf_es import kafka_clients
 from atf_es.clock import now_ms
 from atf_es.config import Settings
-from atf_es.events import LambdaPolicy, Task
+from atf_es.events import Gate, LambdaPolicy, Task
 from atf_es.events.codec import DecodeError, decode_event
 from atf_es.projections.store import RocksTaskStore, TaskStore, open_or_rebuild
 from atf_es.services.control import ControlView
@@ -281,6 +281,7 @@ class Processor:
             self.limits,
             reply_partition_exists=self._reply_partition_exists,
             poison_partitions=self._poison_partitions,
+            gates=self._gate,
         )
         self._owned[partition] = _Owned(partition, producer, store, core)
 
@@ -360,6 +361,10 @@ class Processor:
             self._control.catch_up(timeout=5.0)
             policy = self._control.get(lambda_name)
         return policy
+
+    def _gate(self, lambda_name: str, collection: str) -> Gate | None:
+        assert self._control is not None
+        return self._control.gate(lambda_name, collection)
 
     def _partition_count(self, topic: str) -> int | None:
         """How many partitions ``topic`` has; None if Kafka cannot say now."""

@@ -219,7 +219,7 @@ def test_hsc_serves_and_stops_on_sigterm(settings: Settings) -> None:
                 process.kill()
 
 
-def test_schedule_status_and_cancel_against_a_running_dev(tmp_path: Path) -> None:
+def test_schedule_status_cancel_and_gate_against_a_running_dev(tmp_path: Path) -> None:
     import json
     import re
 
@@ -241,10 +241,13 @@ def test_schedule_status_and_cancel_against_a_running_dev(tmp_path: Path) -> Non
         assert scheduled.returncode == 0, scheduled.stderr
         task_id = scheduled.stdout.strip()
 
-        def status() -> dict[str, object]:
+        def status_of(task_id: str) -> dict[str, object]:
             shown = _run("status", task_id, "--json", "--frontend", frontend)
             assert shown.returncode == 0, shown.stderr
             return json.loads(shown.stdout)  # type: ignore[no-any-return]
+
+        def status() -> dict[str, object]:
+            return status_of(task_id)
 
         done = wait_for(lambda: (s := status())["status"] == "success" and s, 60, "success")
         assert done["result"] == "hi" and done["attempts"] == 1
@@ -259,6 +262,28 @@ def test_schedule_status_and_cancel_against_a_running_dev(tmp_path: Path) -> Non
         assert unknown.returncode == 1 and "no-such-task" in unknown.stderr
         bad = _run("schedule", "echo", "--priority", "7", "--frontend", frontend)
         assert bad.returncode == 1 and "priority" in bad.stderr
+
+        paused = _run("gate", "pause", "echo/news", "--reason", "outage", "--frontend", frontend)
+        assert paused.returncode == 0, paused.stderr
+        assert paused.stdout.strip() == "echo/news: paused"
+        held_id = _run(
+            "schedule", "echo", "--collection", "news", "--frontend", frontend
+        ).stdout.strip()
+        held = wait_for(lambda: (s := status_of(held_id)).get("held_by") and s, 30, "held_by")
+        assert (held["held_by"], held["held_action"], held["status"]) == (
+            "echo/news",
+            "pause",
+            "new",
+        )
+        listed = _run("gate", "list", "--frontend", frontend)
+        assert listed.returncode == 0 and "echo/news" in listed.stdout and "outage" in listed.stdout
+        assert _run("gate", "resume", "echo/news", "--frontend", frontend).returncode == 0
+        wait_for(lambda: status_of(held_id)["status"] == "success", 60, "the held task to run")
+        assert _run("gate", "list", "--frontend", frontend).stdout.strip() == "no closed gates"
+        no_target = _run("gate", "pause", "--frontend", frontend)
+        assert no_target.returncode == 2 and "name a LAMBDA" in no_target.stderr
+        unknown_lambda = _run("gate", "drop", "nope", "--frontend", frontend)
+        assert unknown_lambda.returncode == 1 and "'nope' is not defined" in unknown_lambda.stderr
     finally:
         dev.send_signal(signal.SIGTERM)
         try:

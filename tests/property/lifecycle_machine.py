@@ -22,6 +22,8 @@ from atf_es.events import (
     Decision,
     DropTask,
     Event,
+    Gate,
+    GateAction,
     Heartbeat,
     LambdaPolicy,
     Outcome,
@@ -31,13 +33,17 @@ from atf_es.events import (
     SetResult,
     Task,
     TaskClaimed,
+    TaskDropped,
     TaskEnqueued,
+    TaskHeld,
     TaskStatus,
     TimerFired,
     TimerReason,
+    covering,
     decide,
     evolve,
 )
+from atf_es.events.gates import GateKey
 from atf_es.events.lifecycle import Input
 
 POLICY = LambdaPolicy(
@@ -55,7 +61,7 @@ POLICY = LambdaPolicy(
 WORKERS = ("w1", "w2", "w3")
 TASK_IDS = ("t1", "t2")
 
-DecideFn = Callable[[Task | None, Input, int, LambdaPolicy | None], Decision]
+DecideFn = Callable[[Task | None, Input, int, LambdaPolicy | None, Gate | None], Decision]
 EvolveFn = Callable[[Task | None, Event], Task]
 
 
@@ -68,9 +74,14 @@ class Ledger:
     last_heartbeat: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
-def expected_trigger(task: Task, policy: LambdaPolicy) -> int | None:
-    """The seed's next-trigger table, restated independently of the lifecycle."""
+def expected_trigger(task: Task, policy: LambdaPolicy, last: Event | None = None) -> int | None:
+    """The seed's next-trigger table, restated independently of the lifecycle.
+
+    ``last`` is the task's latest event: a task held by a gate is due from then.
+    """
     match task.status:
+        case TaskStatus.NEW if isinstance(last, TaskHeld):
+            return last.at
         case TaskStatus.NEW:
             return task.scheduled_at
         case TaskStatus.ENQUEUED:
@@ -100,6 +111,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.index: dict[str, int] = {}  # the next-trigger index, maintained like a projection
         self.ledger = Ledger()
         self.counter = 0
+        self.gates: dict[GateKey, Gate] = {}
 
     # -- plumbing ---------------------------------------------------------
 
@@ -109,12 +121,14 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     def apply(self, task_id: str, item: Input) -> Decision:
         before = self.tasks.get(task_id)
-        decision = self.decide_fn(before, item, self.now, self.policy)
-        if isinstance(decision, Rejected):
+        gate = None if before is None else covering(self.gates, "send_email", before.collection)
+        decision = self.decide_fn(before, item, self.now, self.policy, gate)
+        if isinstance(decision, Rejected) and not decision.events:
             return decision
         task = before
         for event in decision.events:
             self._check_event(task, item, event)
+            self._check_gate(gate, item, event)
             task = self.evolve_fn(task, event)
             self.ledger.events.setdefault(task_id, []).append(event)
         if task is not None:
@@ -149,6 +163,19 @@ class LifecycleMachine(RuleBasedStateMachine):
                 last = self.ledger.last_heartbeat[(before.task_id, before.lease)]
                 floor = 3 * self.policy.heartbeat_interval_ms + self.policy.heartbeat_margin_ms
                 assert event.at - last > floor, "re-enqueued while the old executor may still run"
+
+    def _check_gate(self, gate: Gate | None, item: Input, event: Event) -> None:
+        """Nothing covered by a closed gate is handed out; what the gate does names it."""
+        if gate is not None:
+            assert not isinstance(event, TaskClaimed | TaskEnqueued), (
+                f"{type(event).__name__} under the {gate.action} gate {gate.name}"
+            )
+        if isinstance(event, TaskHeld):
+            assert gate is not None and gate.action is GateAction.PAUSE
+            assert event.gate == gate.name
+        if isinstance(event, TaskDropped) and isinstance(item, TimerFired):
+            assert gate is not None and gate.action is GateAction.DROP
+            assert event.gate == gate.name
 
     # -- rules ------------------------------------------------------------
 
@@ -290,6 +317,17 @@ class LifecycleMachine(RuleBasedStateMachine):
         elif odds == 0:
             self.apply(task_id, DropTask(self._command_id(), task_id, "send_email/default"))
 
+    @rule(
+        collection=st.sampled_from([None, "default", "other"]),
+        action=st.sampled_from(list(GateAction)),
+        odds=st.integers(min_value=0, max_value=3),
+    )
+    def set_gate(self, collection: str | None, action: GateAction, odds: int) -> None:
+        """An operator pauses, drops or resumes the lambda or a collection; closing
+        is rarer than opening, so that tasks still live long enough to fail."""
+        if action is GateAction.OPEN or odds == 0:
+            self.gates[("send_email", collection)] = Gate("send_email", collection, action)
+
     @precondition(lambda self: any(t.status.terminal for t in self.tasks.values()))
     @rule(data=st.data())
     def poke_finished(self, data: st.DataObject) -> None:
@@ -325,9 +363,10 @@ class LifecycleMachine(RuleBasedStateMachine):
             if task.status.live:
                 assert task_id in self.index, f"live {task.status} task {task_id} has no trigger"
                 assert self.index[task_id] == task.next_trigger_at
-                assert task.next_trigger_at == expected_trigger(task, self.policy), (
+                expected = expected_trigger(task, self.policy, self.ledger.events[task_id][-1])
+                assert task.next_trigger_at == expected, (
                     f"{task.status} task {task_id} triggers at {task.next_trigger_at}, "
-                    f"the table says {expected_trigger(task, self.policy)}"
+                    f"the table says {expected}"
                 )
             else:
                 assert task_id not in self.index, f"{task.status} task {task_id} has a trigger"

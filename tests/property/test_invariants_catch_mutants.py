@@ -22,6 +22,8 @@ from atf_es.events import (
     ClaimTask,
     Decision,
     Event,
+    Gate,
+    GateAction,
     Heartbeat,
     LambdaPolicy,
     Task,
@@ -48,7 +50,11 @@ SEARCH = settings(
 
 
 def claims_from_any_state(
-    task: Task | None, item: Input, now: int, policy: LambdaPolicy | None
+    task: Task | None,
+    item: Input,
+    now: int,
+    policy: LambdaPolicy | None,
+    gate: Gate | None = None,
 ) -> Decision:
     """Bug: a second worker may claim a task that is already claimed."""
     if (
@@ -61,33 +67,45 @@ def claims_from_any_state(
         cause = Cause.command("ClaimTask", item.command_id)
         claim = TaskClaimed(task.task_id, task.seq + 1, now, cause, item.lease, item.worker, now)
         return Accepted((claim,))
-    return decide(task, item, now, policy)
+    return decide(task, item, now, policy, gate)
 
 
 def accepts_stale_heartbeats(
-    task: Task | None, item: Input, now: int, policy: LambdaPolicy | None
+    task: Task | None,
+    item: Input,
+    now: int,
+    policy: LambdaPolicy | None,
+    gate: Gate | None = None,
 ) -> Decision:
     """Bug: a heartbeat with an old lease keeps the task alive."""
     if isinstance(item, Heartbeat) and task is not None and item.lease != task.lease:
-        return decide(task, replace(item, lease=task.lease), now, policy)
-    return decide(task, item, now, policy)
+        return decide(task, replace(item, lease=task.lease), now, policy, gate)
+    return decide(task, item, now, policy, gate)
 
 
 def cancels_finished_tasks(
-    task: Task | None, item: Input, now: int, policy: LambdaPolicy | None
+    task: Task | None,
+    item: Input,
+    now: int,
+    policy: LambdaPolicy | None,
+    gate: Gate | None = None,
 ) -> Decision:
     """Bug: cancelling a finished task rewrites its history."""
     if isinstance(item, CancelTask) and task is not None and task.status is TaskStatus.SUCCESS:
         cause = Cause.command("CancelTask", item.command_id)
         return Accepted((TaskCancelled(task.task_id, task.seq + 1, now, cause, "x", "late"),))
-    return decide(task, item, now, policy)
+    return decide(task, item, now, policy, gate)
 
 
 def reuses_lease_on_reenqueue(
-    task: Task | None, item: Input, now: int, policy: LambdaPolicy | None
+    task: Task | None,
+    item: Input,
+    now: int,
+    policy: LambdaPolicy | None,
+    gate: Gate | None = None,
 ) -> Decision:
     """Bug: a re-enqueue keeps the old lease, so an old claim stays valid."""
-    decision = decide(task, item, now, policy)
+    decision = decide(task, item, now, policy, gate)
     if isinstance(decision, Accepted) and task is not None:
         return Accepted(
             tuple(
@@ -96,6 +114,19 @@ def reuses_lease_on_reenqueue(
             )
         )
     return decision
+
+
+def ignores_pause_gates(
+    task: Task | None,
+    item: Input,
+    now: int,
+    policy: LambdaPolicy | None,
+    gate: Gate | None = None,
+) -> Decision:
+    """Bug: a paused gate is not passed on, so held tasks are handed out."""
+    if gate is not None and gate.action is GateAction.PAUSE:
+        gate = None
+    return decide(task, item, now, policy, gate)
 
 
 def policy_without_heartbeat_margin() -> LambdaPolicy:
@@ -150,6 +181,9 @@ MUTANTS = [
     ),
     pytest.param(
         machine(decide_fn=reuses_lease_on_reenqueue), "bump the lease", id="new-lease-on-reenqueue"
+    ),
+    pytest.param(
+        machine(decide_fn=ignores_pause_gates), "under the pause gate", id="gates-hold-work"
     ),
     pytest.param(
         machine(policy=policy_without_heartbeat_margin()),

@@ -30,6 +30,7 @@ from atf_es.events.transitions import (
     TaskEnqueued,
     TaskFailed,
     TaskFailedFatally,
+    TaskHeld,
     TaskRedriven,
     TaskScheduled,
     TaskStarted,
@@ -166,6 +167,20 @@ EVENTS: list[tuple[Event, Task]] = [
     (
         TaskDropped("t-1", 2, T0 + 500, _cmd("DropTask", 10), "send_email/marketing"),
         replace(NEW, status=TaskStatus.DROPPED, seq=2, finished_at=T0 + 500, next_trigger_at=None),
+    ),
+    (
+        TaskHeld("t-1", 6, T0 + 40_000, Cause.timer(TimerReason.HEARTBEAT_TIMEOUT), "send_email"),
+        replace(
+            PROCESSING,
+            status=TaskStatus.NEW,
+            seq=6,
+            enqueued_at=None,
+            claimed_at=None,
+            started_at=None,
+            heartbeat_at=None,
+            worker=None,
+            next_trigger_at=T0 + 40_000,
+        ),
     ),
     (
         TaskRedriven(

@@ -100,7 +100,7 @@ def test_an_older_snapshot_is_ignored(store: TaskStore) -> None:
     store.commit([newer], 1)
     store.commit([task(status=S.NEW, seq=2, trigger=100)], 2)
     assert store.get("t1") == newer
-    assert store.due_ready("send_email", 0, 10**6, 10) == []
+    assert store.due_ready(("send_email", "marketing", 0), 10**6, 10) == []
     assert store.due_timeouts(10**6, 10) == [(300, "t1")]
     assert store.counts() == {("send_email", "marketing", 0, "claimed"): 1}
     assert store.last_offset() == 2
@@ -179,7 +179,9 @@ def test_tasks_lists_every_row_in_id_byte_order(store: TaskStore) -> None:
 
 def test_the_index_entry_follows_the_status(store: TaskStore) -> None:
     def where() -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
-        return store.due_ready("send_email", 0, 10**9, 100), store.due_timeouts(10**9, 100)
+        return store.due_ready(("send_email", "marketing", 0), 10**9, 100), store.due_timeouts(
+            10**9, 100
+        )
 
     steps: list[tuple[TaskStatus, int | None, str | None]] = [
         (S.NEW, 100, "ready"),
@@ -204,7 +206,7 @@ def test_the_index_entry_follows_the_status(store: TaskStore) -> None:
 def test_terminal_tasks_leave_the_index(store: TaskStore, status: TaskStatus) -> None:
     store.commit([task("a", S.NEW, 1, 100), task("b", S.PROCESSING, 1, 100)], None)
     store.commit([task("a", status, 2, None), task("b", status, 2, None)], None)
-    assert store.due_ready("send_email", 0, 10**9, 10) == []
+    assert store.due_ready(("send_email", "marketing", 0), 10**9, 10) == []
     assert store.due_timeouts(10**9, 10) == []
     assert store.waiting() == {}
     assert store.next_trigger() is None
@@ -212,7 +214,7 @@ def test_terminal_tasks_leave_the_index(store: TaskStore, status: TaskStatus) ->
 
 def test_a_terminal_snapshot_carrying_a_trigger_is_not_indexed(store: TaskStore) -> None:
     store.commit([task("a", S.SUCCESS, 1, 100)], None)
-    assert store.due_ready("send_email", 0, 10**9, 10) == []
+    assert store.due_ready(("send_email", "marketing", 0), 10**9, 10) == []
     assert store.due_timeouts(10**9, 10) == []
     assert store.next_trigger() is None
 
@@ -258,10 +260,10 @@ def test_triggers_earlier_than_every_earlier_one_are_still_found(store: TaskStor
         assert store.next_trigger() == min(at for _, at in live.values())
     timeouts = sorted((at, t) for t, (status, at) in live.items() if status is S.ENQUEUED)
     assert store.due_timeouts(10_000, 100) == timeouts
-    assert store.due_ready("send_email", 0, 10_000, 10) == []
+    assert store.due_ready(("send_email", "marketing", 0), 10_000, 10) == []
     store.commit([task("late", S.NEW, 1, 5)], None)
     assert store.next_trigger() == 5
-    assert store.due_ready("send_email", 0, 5, 10) == [(5, "late")]
+    assert store.due_ready(("send_email", "marketing", 0), 5, 10) == [(5, "late")]
 
 
 def test_due_ready_is_per_queue_ordered_and_bounded(store: TaskStore) -> None:
@@ -277,34 +279,61 @@ def test_due_ready_is_per_queue_ordered_and_bounded(store: TaskStore) -> None:
         ],
         None,
     )
-    assert store.due_ready("a", 0, 20, 10) == [(10, "a1"), (20, "a2")]
-    assert store.due_ready("a", 0, 100, 2) == [(10, "a1"), (20, "a2")]
-    assert store.due_ready("a", 0, 9, 10) == []
-    assert store.due_ready("a", 0, 100, 0) == []
-    assert store.due_ready("a", 0, 2**63 - 1, 10) == [(10, "a1"), (20, "a2"), (30, "a3")]
-    assert store.due_ready("ab", 0, 100, 10) == [(5, "ab")]
-    assert store.due_ready("a", 1, 100, 10) == [(1, "a-hi")]
-    assert store.due_ready("a", -1, 100, 10) == [(1, "a-neg")]
-    assert store.due_ready("nobody", 0, 100, 10) == []
-    assert store.due_ready("a", 0, -(2**64), 10) == []
+    assert store.due_ready(("a", "marketing", 0), 20, 10) == [(10, "a1"), (20, "a2")]
+    assert store.due_ready(("a", "marketing", 0), 100, 2) == [(10, "a1"), (20, "a2")]
+    assert store.due_ready(("a", "marketing", 0), 9, 10) == []
+    assert store.due_ready(("a", "marketing", 0), 100, 0) == []
+    assert store.due_ready(("a", "marketing", 0), 2**63 - 1, 10) == [
+        (10, "a1"),
+        (20, "a2"),
+        (30, "a3"),
+    ]
+    assert store.due_ready(("ab", "marketing", 0), 100, 10) == [(5, "ab")]
+    assert store.due_ready(("a", "marketing", 1), 100, 10) == [(1, "a-hi")]
+    assert store.due_ready(("a", "marketing", -1), 100, 10) == [(1, "a-neg")]
+    assert store.due_ready(("nobody", "marketing", 0), 100, 10) == []
+    assert store.due_ready(("a", "marketing", 0), -(2**64), 10) == []
     with pytest.raises(ValueError, match="NUL"):
-        store.due_ready("a\x00", 0, 100, 10)
+        store.due_ready(("a\x00", "marketing", 0), 100, 10)
     with pytest.raises(ValueError, match="64-bit"):
-        store.due_ready("a", 2**63, 100, 10)
-    assert store.waiting() == {("a", 0): 3, ("ab", 0): 1, ("a", 1): 1, ("a", -1): 1}
+        store.due_ready(("a", "marketing", 2**63), 100, 10)
+    assert store.waiting() == {
+        ("a", "marketing", 0): 3,
+        ("ab", "marketing", 0): 1,
+        ("a", "marketing", 1): 1,
+        ("a", "marketing", -1): 1,
+    }
     assert store.next_trigger() == 1
+
+
+def test_each_collection_is_a_queue_of_its_own(store: TaskStore) -> None:
+    store.commit(
+        [
+            task("m1", S.NEW, 1, 10, collection="marketing"),
+            task("r1", S.NEW, 1, 5, collection="reset"),
+            task("m2", S.RETRIABLE_FAILURE, 1, 1, collection="marketing"),
+        ],
+        None,
+    )
+    assert store.due_ready(("send_email", "marketing", 0), 100, 10) == [(1, "m2"), (10, "m1")]
+    assert store.due_ready(("send_email", "reset", 0), 100, 10) == [(5, "r1")]
+    assert store.due_ready(("send_email", "mark", 0), 100, 10) == []
+    assert store.waiting() == {("send_email", "marketing", 0): 2, ("send_email", "reset", 0): 1}
+    assert store.enqueued("send_email", 0) == 0
+    with pytest.raises(ValueError, match="NUL"):
+        store.due_ready(("send_email", "x\x00", 0), 100, 10)
 
 
 def test_counters_through_a_sequence_of_transitions(store: TaskStore) -> None:
     key = ("send_email", "marketing", 0)
     store.commit([task(f"t{i}", S.NEW, 1, 100 + i) for i in range(5)], 0)
     assert store.counts() == {(*key, "new"): 5}
-    assert store.waiting() == {("send_email", 0): 5}
+    assert store.waiting() == {("send_email", "marketing", 0): 5}
     assert store.enqueued("send_email", 0) == 0
 
     store.commit([task(f"t{i}", S.ENQUEUED, 2, 1000) for i in range(3)], 1)
     assert store.counts() == {(*key, "new"): 2, (*key, "enqueued"): 3}
-    assert store.waiting() == {("send_email", 0): 2}
+    assert store.waiting() == {("send_email", "marketing", 0): 2}
     assert store.enqueued("send_email", 0) == 3
 
     store.commit(
@@ -324,7 +353,7 @@ def test_counters_through_a_sequence_of_transitions(store: TaskStore) -> None:
         (*key, "cancelled"): 1,
         ("send_email", "password_reset", 2, "enqueued"): 1,
     }
-    assert store.waiting() == {("send_email", 0): 1}
+    assert store.waiting() == {("send_email", "marketing", 0): 1}
     assert store.enqueued("send_email", 0) == 1
     assert store.enqueued("send_email", 2) == 1
     assert store.enqueued("other_lambda", 0) == 0
@@ -347,7 +376,7 @@ def test_counters_through_a_sequence_of_transitions(store: TaskStore) -> None:
         (*key, "dropped"): 1,
         ("send_email", "password_reset", 2, "claimed"): 1,
     }
-    assert store.waiting() == {("send_email", 0): 1}
+    assert store.waiting() == {("send_email", "marketing", 0): 1}
     assert store.enqueued("send_email", 0) == 0
     assert store.enqueued("send_email", 2) == 0
 
@@ -355,9 +384,9 @@ def test_counters_through_a_sequence_of_transitions(store: TaskStore) -> None:
 def test_a_task_moving_between_queues_moves_its_counters(store: TaskStore) -> None:
     store.commit([task("t", S.NEW, 1, 10, lambda_name="a", priority=0)], None)
     store.commit([task("t", S.NEW, 2, 20, lambda_name="b", priority=3)], None)
-    assert store.waiting() == {("b", 3): 1}
-    assert store.due_ready("a", 0, 100, 10) == []
-    assert store.due_ready("b", 3, 100, 10) == [(20, "t")]
+    assert store.waiting() == {("b", "marketing", 3): 1}
+    assert store.due_ready(("a", "marketing", 0), 100, 10) == []
+    assert store.due_ready(("b", "marketing", 3), 100, 10) == [(20, "t")]
     assert store.counts() == {("b", "marketing", 3, "new"): 1}
 
 
@@ -388,6 +417,9 @@ def test_close_twice_and_use_after_close(store: TaskStore) -> None:
 
 IDS = ["t0", "t1", "t2", "é", "\U0001f600"]
 QUEUES = [("a", 0), ("a", 1), ("ab", -1)]
+"""(lambda, priority) pairs; a ready queue is one of them with a collection."""
+COLLECTIONS = ["x", "y"]
+READY_QUEUES = [(q[0], c, q[1]) for q in QUEUES for c in COLLECTIONS]
 
 snapshots = st.builds(
     lambda task_id, status, seq, trigger, queue, collection: task(
@@ -406,7 +438,7 @@ snapshots = st.builds(
     st.integers(1, 6),
     st.one_of(st.none(), st.integers(0, 100)),
     st.sampled_from(QUEUES),
-    st.sampled_from(["x", "y"]),
+    st.sampled_from(COLLECTIONS),
 )
 batches = st.lists(
     st.tuples(st.lists(snapshots, max_size=6), st.one_of(st.none(), st.integers(-1, 30))),
@@ -422,7 +454,7 @@ def _observe(s: TaskStore) -> dict[str, object]:
         "waiting": s.waiting(),
         "enqueued": {q: s.enqueued(*q) for q in QUEUES},
         "timeouts": s.due_timeouts(2**62, 1000),
-        "ready": {q: s.due_ready(*q, 2**62, 1000) for q in QUEUES},
+        "ready": {q: s.due_ready(q, 2**62, 1000) for q in READY_QUEUES},
         "next": s.next_trigger(),
         "offset": s.last_offset(),
     }
@@ -435,9 +467,9 @@ def _expected(model: dict[str, Task], offset: int) -> dict[str, object]:
             for t in model.values()
             if t.status in READY
             and t.next_trigger_at is not None
-            and (t.lambda_name, t.priority) == q
+            and (t.lambda_name, t.collection, t.priority) == q
         )
-        for q in QUEUES
+        for q in READY_QUEUES
     }
     timeouts = sorted(
         (t.next_trigger_at, t.task_id)
@@ -516,7 +548,7 @@ def test_reopening_keeps_rows_indexes_counters_and_offset(tmp_path: Path) -> Non
     with RocksTaskStore.open(path) as s:
         assert _observe_all(s) == before
         assert s.enqueued("send_email", 0) == 1
-        assert s.waiting() == {("l", 1): 1}
+        assert s.waiting() == {("l", "marketing", 1): 1}
         assert s.last_offset() == 41
         assert s.next_trigger() == 100
 
@@ -527,7 +559,7 @@ def _observe_all(s: TaskStore) -> dict[str, object]:
         "counts": s.counts(),
         "waiting": s.waiting(),
         "timeouts": s.due_timeouts(2**62, 100),
-        "ready": s.due_ready("l", 1, 2**62, 100),
+        "ready": s.due_ready(("l", "marketing", 1), 2**62, 100),
         "offset": s.last_offset(),
         "next": s.next_trigger(),
     }
@@ -582,8 +614,8 @@ def test_another_format_version_is_refused_and_rebuilt(
     path = tmp_path / "db"
     with RocksTaskStore.open(path) as s:
         s.commit([task()], 3)
-    monkeypatch.setattr(store_module, "FORMAT_VERSION", 2)
-    with pytest.raises(StoreError, match="format version b'1', this build reads version 2"):
+    monkeypatch.setattr(store_module, "FORMAT_VERSION", 3)
+    with pytest.raises(StoreError, match="format version b'2', this build reads version 3"):
         RocksTaskStore.open(path)
     s, rebuilt = open_or_rebuild(path)
     with s:
@@ -658,6 +690,6 @@ def test_close_releases_the_lock_even_mid_scan(tmp_path: Path) -> None:
 def test_scans_cross_chunk_boundaries(tmp_path: Path) -> None:
     with RocksTaskStore.open(tmp_path / "db") as s:
         s.commit([task(f"t{i:05}", S.NEW, 1, i // 2) for i in range(2100)], None)
-        due = s.due_ready("send_email", 0, 10**6, 2049)
+        due = s.due_ready(("send_email", "marketing", 0), 10**6, 2049)
         assert due == sorted((i // 2, f"t{i:05}") for i in range(2049))
         assert [t.task_id for t in s.tasks()] == [f"t{i:05}" for i in range(2100)]

@@ -35,6 +35,7 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_KIND_TASK_CANCELLED: _ClassVar[EventKind]
     EVENT_KIND_TASK_DROPPED: _ClassVar[EventKind]
     EVENT_KIND_TASK_REDRIVEN: _ClassVar[EventKind]
+    EVENT_KIND_TASK_HELD: _ClassVar[EventKind]
 
 class ReplyCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -78,6 +79,7 @@ EVENT_KIND_TASK_DEAD_LETTERED: EventKind
 EVENT_KIND_TASK_CANCELLED: EventKind
 EVENT_KIND_TASK_DROPPED: EventKind
 EVENT_KIND_TASK_REDRIVEN: EventKind
+EVENT_KIND_TASK_HELD: EventKind
 REPLY_CODE_UNSPECIFIED: ReplyCode
 REPLY_CODE_OK: ReplyCode
 REPLY_CODE_NOT_FOUND: ReplyCode
@@ -103,7 +105,7 @@ class Cause(_message.Message):
     def __init__(self, kind: _Optional[_Union[CauseKind, str]] = ..., name: _Optional[str] = ..., command_id: _Optional[str] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
-    __slots__ = ("task_id", "lambda_name", "collection", "priority", "status", "attempts", "lease", "seq", "created_at_ms", "scheduled_at_ms", "next_trigger_at_ms", "enqueued_at_ms", "claimed_at_ms", "started_at_ms", "heartbeat_at_ms", "finished_at_ms", "worker", "last_error", "result", "idempotency_key", "payload")
+    __slots__ = ("task_id", "lambda_name", "collection", "priority", "status", "attempts", "lease", "seq", "created_at_ms", "scheduled_at_ms", "next_trigger_at_ms", "enqueued_at_ms", "claimed_at_ms", "started_at_ms", "heartbeat_at_ms", "finished_at_ms", "worker", "last_error", "result", "idempotency_key", "payload", "held_by", "held_action")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     LAMBDA_NAME_FIELD_NUMBER: _ClassVar[int]
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +127,8 @@ class TaskInfo(_message.Message):
     RESULT_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    HELD_BY_FIELD_NUMBER: _ClassVar[int]
+    HELD_ACTION_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     lambda_name: str
     collection: str
@@ -146,7 +150,9 @@ class TaskInfo(_message.Message):
     result: bytes
     idempotency_key: str
     payload: bytes
-    def __init__(self, task_id: _Optional[str] = ..., lambda_name: _Optional[str] = ..., collection: _Optional[str] = ..., priority: _Optional[int] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., attempts: _Optional[int] = ..., lease: _Optional[int] = ..., seq: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., scheduled_at_ms: _Optional[int] = ..., next_trigger_at_ms: _Optional[int] = ..., enqueued_at_ms: _Optional[int] = ..., claimed_at_ms: _Optional[int] = ..., started_at_ms: _Optional[int] = ..., heartbeat_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., worker: _Optional[str] = ..., last_error: _Optional[str] = ..., result: _Optional[bytes] = ..., idempotency_key: _Optional[str] = ..., payload: _Optional[bytes] = ...) -> None: ...
+    held_by: str
+    held_action: str
+    def __init__(self, task_id: _Optional[str] = ..., lambda_name: _Optional[str] = ..., collection: _Optional[str] = ..., priority: _Optional[int] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., attempts: _Optional[int] = ..., lease: _Optional[int] = ..., seq: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., scheduled_at_ms: _Optional[int] = ..., next_trigger_at_ms: _Optional[int] = ..., enqueued_at_ms: _Optional[int] = ..., claimed_at_ms: _Optional[int] = ..., started_at_ms: _Optional[int] = ..., heartbeat_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., worker: _Optional[str] = ..., last_error: _Optional[str] = ..., result: _Optional[bytes] = ..., idempotency_key: _Optional[str] = ..., payload: _Optional[bytes] = ..., held_by: _Optional[str] = ..., held_action: _Optional[str] = ...) -> None: ...
 
 class HistoryEntry(_message.Message):
     __slots__ = ("seq", "kind", "at_ms", "cause", "status", "lease", "worker", "error", "deadline_ms", "retry_at_ms", "requested_by", "reason", "gate", "run_at_ms", "since_previous_ms")
