@@ -13,6 +13,7 @@ import textwrap
 import threading
 import time
 from dataclasses import fields
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
 from atf_es.app import AppLoadError, load_app
@@ -303,8 +304,26 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub("status", "show a task", "Print a task's status, attempts, times and error.")
     status.add_argument("task_id", metavar="TASK_ID")
     status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument(
+        "--as-of",
+        metavar="TIME",
+        help="show the task as it was at TIME (ISO 8601 with a time zone, e.g. "
+        "2026-11-29T15:30:00Z, or epoch milliseconds), from its recorded history",
+    )
     _frontend_option(status)
     status.set_defaults(handler=_cmd_status)
+
+    history = sub(
+        "history",
+        "show every transition of a task",
+        "Print every recorded transition of a task in order: time, event, the "
+        "status it led to, its cause (a command or a timer), lease, worker, error "
+        "and the delay since the transition before.",
+    )
+    history.add_argument("task_id", metavar="TASK_ID")
+    history.add_argument("--json", action="store_true", help="print JSON")
+    _frontend_option(history)
+    history.set_defaults(handler=_cmd_history)
 
     cancel = sub("cancel", "cancel a task", "Cancel a waiting or running task.")
     cancel.add_argument("task_id", metavar="TASK_ID")
@@ -568,9 +587,37 @@ def _cmd_schedule(args: argparse.Namespace, settings: Settings, out: TextIO) -> 
     return EXIT_OK
 
 
+def _parse_time(text: str) -> int | None:
+    """Epoch milliseconds from ISO 8601 with a time zone, or from an integer; None if neither."""
+    if text.strip().lstrip("-").isdigit():
+        return int(text)
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        return None
+    return round(when.timestamp() * 1000)
+
+
+def _utc(ms: int) -> str:
+    when = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return when.strftime("%Y-%m-%d %H:%M:%S.") + f"{ms % 1000:03d}"
+
+
 def _cmd_status(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    as_of = None
+    if args.as_of is not None:
+        as_of = _parse_time(args.as_of)
+        if as_of is None:
+            print(
+                f"atf-es status: --as-of {args.as_of!r} is not a time: give ISO 8601 with a "
+                "time zone (2026-11-29T15:30:00Z) or epoch milliseconds",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
     with Client(args.frontend or settings.frontend_address) as client:
-        info = client.get(args.task_id)
+        info = client.get(args.task_id, as_of=as_of)
     fields = {
         name: (value.decode("utf-8", "replace") if isinstance(value, bytes) else value)
         for name, value in dataclasses.asdict(info).items()
@@ -581,6 +628,38 @@ def _cmd_status(args: argparse.Namespace, settings: Settings, out: TextIO) -> in
         for name, value in fields.items():
             if value is not None and value != "":
                 print(f"{name:>18}: {value}", file=out)
+    return EXIT_OK
+
+
+def _cmd_history(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    with Client(args.frontend or settings.frontend_address) as client:
+        entries = client.history(args.task_id)
+    if args.json:
+        rows = [dataclasses.asdict(e) | {"status": e.status.value} for e in entries]
+        print(json.dumps(rows, indent=2), file=out)
+        return EXIT_OK
+    print(f"task {args.task_id}: {len(entries)} transitions (times in UTC)", file=out)
+    print(f"{'seq':>4}  {'time':<23}  {'after':>9}  {'event':<20} {'status':<17} cause", file=out)
+    for e in entries:
+        after = "" if e.seq == entries[0].seq else f"+{e.since_previous_ms / 1000:.3f}s"
+        cause = e.cause_name if e.cause == "timer" else f"{e.cause_name} ({e.command_id})"
+        details = [
+            f"{name}={value}"
+            for name, value in (
+                ("lease", e.lease),
+                ("worker", e.worker),
+                ("gate", e.gate),
+                ("by", e.requested_by),
+                ("reason", e.reason),
+                ("error", e.error),
+            )
+            if value not in (None, "")
+        ]
+        line = (
+            f"{e.seq:>4}  {_utc(e.at_ms):<23}  {after:>9}  {e.kind.lower():<20} "
+            f"{e.status.value:<17} {e.cause}: {cause}"
+        )
+        print(line + ("  " + " ".join(details) if details else ""), file=out)
     return EXIT_OK
 
 

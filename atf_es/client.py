@@ -225,6 +225,59 @@ class TaskInfo:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One transition of a task, as the task-events topic recorded it."""
+
+    seq: int
+    kind: str
+    """The event type, e.g. ``TASK_CLAIMED`` (the Avro ``EventKind`` symbol)."""
+    at_ms: int
+    status: TaskStatus
+    """The status the transition led to."""
+    cause: str
+    """``command`` or ``timer``."""
+    cause_name: str
+    """The command's type (``ClaimTask``) or the timer's reason (``heartbeat_timeout``)."""
+    command_id: str | None
+    since_previous_ms: int
+    lease: int | None = None
+    worker: str | None = None
+    error: str | None = None
+    deadline_ms: int | None = None
+    retry_at_ms: int | None = None
+    requested_by: str | None = None
+    reason: str | None = None
+    gate: str | None = None
+    run_at_ms: int | None = None
+
+    @classmethod
+    def from_proto(cls, entry: common_pb2.HistoryEntry) -> HistoryEntry:
+        def opt(name: str) -> Any:
+            return getattr(entry, name) if entry.HasField(name) else None
+
+        status = common_pb2.TaskStatus.Name(entry.status).removeprefix("TASK_STATUS_")
+        return cls(
+            seq=entry.seq,
+            kind=common_pb2.EventKind.Name(entry.kind).removeprefix("EVENT_KIND_"),
+            at_ms=entry.at_ms,
+            status=TaskStatus[status],
+            cause=common_pb2.CauseKind.Name(entry.cause.kind).removeprefix("CAUSE_KIND_").lower(),
+            cause_name=entry.cause.name,
+            command_id=entry.cause.command_id if entry.cause.HasField("command_id") else None,
+            since_previous_ms=entry.since_previous_ms,
+            lease=opt("lease"),
+            worker=opt("worker"),
+            error=opt("error"),
+            deadline_ms=opt("deadline_ms"),
+            retry_at_ms=opt("retry_at_ms"),
+            requested_by=opt("requested_by"),
+            reason=opt("reason"),
+            gate=opt("gate"),
+            run_at_ms=opt("run_at_ms"),
+        )
+
+
 _GATE_ACTIONS = {
     admin_pb2.GATE_ACTION_PAUSE: "pause",
     admin_pb2.GATE_ACTION_DROP: "drop",
@@ -409,12 +462,22 @@ class Client:
         response = self._call(self._stub.ScheduleBatch, _requests(tasks))
         return [_outcome(result) for result in response.results]
 
-    def get(self, task_id: str, *, include_payload: bool = False) -> TaskInfo:
-        """The task as of every command sent for it so far; ``TaskNotFound`` if unknown."""
-        response = self._call(
-            self._stub.GetTask,
-            frontend_pb2.GetTaskRequest(task_id=task_id, include_payload=include_payload),
-        )
+    def get(
+        self,
+        task_id: str,
+        *,
+        include_payload: bool = False,
+        as_of: datetime | int | None = None,
+    ) -> TaskInfo:
+        """The task as of every command sent for it so far; ``TaskNotFound`` if unknown.
+
+        ``as_of`` (an aware datetime or epoch milliseconds) shows the task as it
+        was then, from its recorded history (inside the audit window).
+        """
+        request = frontend_pb2.GetTaskRequest(task_id=task_id, include_payload=include_payload)
+        if as_of is not None:
+            request.as_of_ms = _epoch_ms(as_of)
+        response = self._call(self._stub.GetTask, request)
         return TaskInfo.from_proto(response.task)
 
     def cancel(self, task_id: str, reason: str = "", *, requested_by: str = "") -> TaskInfo:
@@ -424,6 +487,15 @@ class Client:
             frontend_pb2.CancelRequest(task_id=task_id, reason=reason, requested_by=requested_by),
         )
         return TaskInfo.from_proto(response.task)
+
+    def history(self, task_id: str) -> list[HistoryEntry]:
+        """Every recorded transition of the task, oldest first; ``TaskNotFound`` if none.
+
+        >>> [(h.kind, h.cause_name) for h in atf.history(task_id)]  # doctest: +SKIP
+        [('TASK_SCHEDULED', 'ScheduleTask'), ('TASK_ENQUEUED', 'due'), ...]
+        """
+        response = self._call(self._stub.History, frontend_pb2.HistoryRequest(task_id=task_id))
+        return [HistoryEntry.from_proto(entry) for entry in response.entries]
 
     def pause(
         self, lambda_name: str, collection: str | None = None, *, reason: str = "", by: str = ""
@@ -607,6 +679,7 @@ __all__ = [
     "DeadlineExceeded",
     "FailedPrecondition",
     "GateInfo",
+    "HistoryEntry",
     "InvalidArgument",
     "NotFound",
     "ResourceExhausted",

@@ -72,7 +72,6 @@ class AtfPeer:
             partitions=self.partitions,
             data_dir=str(self.workdir / "data"),
             session_timeout_ms=6000,
-            max_enqueued=100_000,
         )
         ensure_topics(self.broker.bootstrap, core_topic_specs(settings))
         app.define(settings, self.broker.bootstrap)

@@ -34,12 +34,20 @@ Frontend (``atf_es.services.quota``). ``Schedule`` over the quota answers
 ``RESOURCE_EXHAUSTED`` with the retry hint in the trailing metadata
 ``atf-retry-after-ms``; in ``ScheduleBatch`` each task takes a token in request
 order and those beyond the quota get ``REPLY_CODE_OVER_QUOTA`` and
-``retry_after_ms`` while the others go ahead. Only valid specs take tokens.
-``History`` and ``Watch`` answer ``UNIMPLEMENTED`` until the audit issue.
+``retry_after_ms`` while the others go ahead; the k-th refused task of a
+lambda is told the wait for k tokens, so a client that waits for the largest
+hint resends its refused tail once. Only valid specs take tokens.
+
+History
+-------
+``History`` and ``GetTask`` with ``as_of_ms`` read the task's task-events
+partition (``atf_es.history``): every transition inside the audit window.
+``Watch`` answers ``UNIMPLEMENTED`` for now.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
@@ -68,7 +76,9 @@ from atf_es.events import (
     TaskStatus,
 )
 from atf_es.events.policy import COLLECTION_NAME, DEFAULT_COLLECTION, LAMBDA_NAME
+from atf_es.events.records import EVENT_DETAIL_FIELDS, EVENT_KINDS
 from atf_es.events.replies import Reply, ReplyCode
+from atf_es.history import Recorded, read_task_events
 from atf_es.services.admin import AdminService
 from atf_es.services.control import ControlView
 from atf_es.services.gateway import (
@@ -132,6 +142,40 @@ def task_to_proto(task: Task, *, include_payload: bool = False) -> common_pb2.Ta
     if include_payload:
         info.payload = task.payload
     return info
+
+
+def history_to_proto(recorded: Sequence[Recorded]) -> list[common_pb2.HistoryEntry]:
+    """The gRPC view of a task's transitions, each with the time since the one before."""
+    entries = []
+    previous: int | None = None
+    for item in recorded:
+        event = item.event
+        cause = common_pb2.Cause(
+            kind=common_pb2.CauseKind.Value(f"CAUSE_KIND_{event.cause.kind.name}"),
+            name=event.cause.name,
+        )
+        if event.cause.command_id is not None:
+            cause.command_id = event.cause.command_id
+        entry = common_pb2.HistoryEntry(
+            seq=event.seq,
+            kind=common_pb2.EventKind.Value(f"EVENT_KIND_{EVENT_KINDS[type(event)]}"),
+            at_ms=event.at,
+            cause=cause,
+            status=common_pb2.TaskStatus.Value(f"TASK_STATUS_{item.task.status.name}"),
+            since_previous_ms=0 if previous is None else event.at - previous,
+        )
+        required, nullable = EVENT_DETAIL_FIELDS[type(event)]
+        for name in (*required, *nullable):
+            value = getattr(event, name)
+            if value is not None and name != "result":
+                setattr(entry, _HISTORY_FIELDS.get(name, name), value)
+        entries.append(entry)
+        previous = event.at
+    return entries
+
+
+_HISTORY_FIELDS = {"deadline": "deadline_ms", "retry_at": "retry_at_ms", "run_at": "run_at_ms"}
+"""Event detail fields whose HistoryEntry name differs."""
 
 
 class SpecError(Exception):
@@ -378,6 +422,7 @@ class FrontendService(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
         results: list[frontend_pb2.ScheduleResult] = []
         planned: list[_Planned] = []
         positions: list[int] = []
+        refused: dict[str, int] = {}
         for index, spec in enumerate(request.specs):
             try:
                 plan = self._plan(spec, f"specs[{index}].", timeout, now)
@@ -391,12 +436,19 @@ class FrontendService(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
                 )
                 continue
             if (over := self.quotas.take(plan.policy)) is not None:
+                # The k-th refused task of a lambda needs k tokens to have come
+                # back: its hint says when, so a client honouring the largest
+                # hint resends the refused tail once, not once per token.
+                refused[plan.policy.name] = queued = refused.get(plan.policy.name, 0) + 1
+                retry_after_ms = over.retry_after_ms
+                if retry_after_ms:
+                    retry_after_ms += math.ceil((queued - 1) * 1000 / over.rate)
                 results.append(
                     frontend_pb2.ScheduleResult(
                         task_id=plan.command.task_id,
                         code=common_pb2.REPLY_CODE_OVER_QUOTA,
                         message=over.message(),
-                        retry_after_ms=over.retry_after_ms,
+                        retry_after_ms=retry_after_ms,
                     )
                 )
                 continue
@@ -431,6 +483,8 @@ class FrontendService(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
         self, request: frontend_pb2.GetTaskRequest, context: grpc.ServicerContext
     ) -> frontend_pb2.GetTaskResponse:
         _require_task_id(context, request.task_id)
+        if request.HasField("as_of_ms"):
+            return self._task_as_of(request, context)
         reply = self._send(QueryTask(_new_id(), request.task_id), context)
         if not reply.accepted or reply.task is None:
             _refuse(context, _status_of(reply.code), reply.code, reply.message)
@@ -443,6 +497,37 @@ class FrontendService(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
                 info.held_by = gate.name
                 info.held_action = gate.action.value
         return frontend_pb2.GetTaskResponse(task=info)
+
+    def _task_as_of(
+        self, request: frontend_pb2.GetTaskRequest, context: grpc.ServicerContext
+    ) -> frontend_pb2.GetTaskResponse:
+        recorded = self._read_history(request.task_id, context, until=request.as_of_ms)
+        if not recorded:
+            _refuse(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                ReplyCode.NOT_FOUND,
+                f"task {request.task_id!r} did not exist at {request.as_of_ms} (epoch ms), "
+                "or its events are past the audit window",
+            )
+        task = recorded[-1].task
+        return frontend_pb2.GetTaskResponse(
+            task=task_to_proto(task, include_payload=request.include_payload)
+        )
+
+    def _read_history(
+        self, task_id: str, context: grpc.ServicerContext, *, until: int | None = None
+    ) -> list[Recorded]:
+        try:
+            return read_task_events(
+                self.control.settings,
+                self.control.bootstrap,
+                task_id,
+                until=until,
+                timeout=max(1.0, self._timeout(context)),
+            )
+        except (KafkaException, TimeoutError) as exc:
+            abort(context, grpc.StatusCode.UNAVAILABLE, f"cannot read the task's history: {exc}")
 
     def Cancel(
         self, request: frontend_pb2.CancelRequest, context: grpc.ServicerContext
@@ -477,7 +562,17 @@ class FrontendService(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
     def History(
         self, request: frontend_pb2.HistoryRequest, context: grpc.ServicerContext
     ) -> frontend_pb2.HistoryResponse:
-        abort(context, grpc.StatusCode.UNIMPLEMENTED, HISTORY_UNIMPLEMENTED)
+        _require_task_id(context, request.task_id)
+        recorded = self._read_history(request.task_id, context)
+        if not recorded:
+            _refuse(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                ReplyCode.NOT_FOUND,
+                f"no history for task {request.task_id!r}: never scheduled, or its "
+                "events are past the audit window",
+            )
+        return frontend_pb2.HistoryResponse(entries=history_to_proto(recorded))
 
     def Watch(
         self, request: frontend_pb2.WatchRequest, context: grpc.ServicerContext

@@ -243,6 +243,8 @@ class PartitionCore:
         self.reply_partition_exists = reply_partition_exists
         """Whether the replies topic has a partition; None: do not check."""
         self.poison_partition = partition % poison_partitions
+        self._turn = 0
+        """Polls so far: which lambda of a priority level goes first."""
         """Where this partition's poison goes: its own partition when the topic has it."""
 
     # -- reading through the batch ---------------------------------------
@@ -432,10 +434,7 @@ class PartitionCore:
         collections: dict[tuple[str, int], list[str]] = {}
         for lambda_name, collection, priority in self.store.waiting():
             collections.setdefault((lambda_name, priority), []).append(collection)
-        # Highest priority first, so that a shared budget favours it.
-        for (lambda_name, priority), names in sorted(
-            collections.items(), key=lambda item: (-item[0][1], item[0][0])
-        ):
+        for (lambda_name, priority), names in self._fire_order(collections):
             if budget <= 0:
                 break
             credit = min(budget, self._credit(batch, lambda_name, priority))
@@ -460,6 +459,21 @@ class PartitionCore:
                 if dropping or self._credit(batch, lambda_name, priority) > 0:
                     # Dropping a task enqueues nothing, so it needs no credit.
                     budget -= self._timer(batch, task_id)
+
+    def _fire_order(
+        self, collections: dict[tuple[str, int], list[str]]
+    ) -> list[tuple[tuple[str, int], list[str]]]:
+        """Highest priority first, so that a shared budget favours it; lambdas at
+        the same priority take turns going first, so that it favours no name."""
+        levels: dict[int, list[tuple[tuple[str, int], list[str]]]] = {}
+        for item in sorted(collections.items(), key=lambda item: (-item[0][1], item[0][0])):
+            levels.setdefault(item[0][1], []).append(item)
+        self._turn += 1
+        ordered = []
+        for level in levels.values():
+            start = self._turn % len(level)
+            ordered.extend(level[start:] + level[:start])
+        return ordered
 
     def _timer(self, batch: Batch, task_id: str) -> int:
         """Fire one trigger; returns how many transitions it made (0 or 1)."""

@@ -347,9 +347,12 @@ def test_a_batch_over_the_quota_admits_what_fits(system: System) -> None:
     assert [o.ok for o in outcomes] == [True] * 4 + [False, False, True, False]
     for over in outcomes[4:6]:
         assert isinstance(over.error, ResourceExhausted), over
-        assert over.error.retry_after is not None and 0 < over.error.retry_after <= 4.0
+        assert over.error.retry_after is not None and 0 < over.error.retry_after <= 4.001
         with pytest.raises(TaskNotFound):
             system.client.get(over.task_id)
+    # The second refused task needs one more token (2 s at 0.5/s) than the first.
+    first, second = (o.error.retry_after for o in outcomes[4:6])  # type: ignore[union-attr]
+    assert first is not None and second is not None and second - first == pytest.approx(2.0)
     # An invalid spec is refused as invalid, taking no token.
     assert isinstance(outcomes[7].error, InvalidArgument)
 

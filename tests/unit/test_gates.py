@@ -246,3 +246,31 @@ def test_a_drop_gate_ends_every_due_task_whatever_the_credit() -> None:
     p.poll(T0 + 1)
     assert [p.status(f"n{i}") for i in range(5)] == [TaskStatus.DROPPED] * 5
     assert p.status("r1") is TaskStatus.ENQUEUED
+
+
+def test_lambdas_at_the_same_priority_take_turns_at_a_short_budget() -> None:
+    """Not a gate, but the same scan: no lambda is always first in line."""
+    policies = {name: LambdaPolicy(name=name, enqueue_timeout_ms=60_000) for name in ("a", "b")}
+    store = MemoryTaskStore()
+    core = PartitionCore(0, store, policies.get, Topics("atf"), Limits(max_timers=1))
+    records = [
+        RawCommand(
+            n,
+            task_id.encode(),
+            encode_command(
+                ScheduleTask(f"c{n}", task_id, task_id[0], "x", 0, b"", T0 + 10), None, T0
+            ),
+        )
+        for n, task_id in enumerate(["a1", "a2", "b1", "b2"])
+    ]
+    batch = new_batch(0, T0)
+    core.handle(batch, records)
+    store.commit(batch.tasks.values(), None)
+    fired = []
+    for step in range(4):
+        batch = new_batch(0, T0 + 10 + step)
+        core.fire_due(batch)
+        store.commit(batch.tasks.values(), None)
+        fired += [decode_work(out.value).task_id for out in batch.work]
+    assert sorted(fired) == ["a1", "a2", "b1", "b2"]
+    assert {fired[0][0], fired[1][0]} == {"a", "b"}, fired

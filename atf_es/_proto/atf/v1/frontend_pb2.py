@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from atf_es._proto.atf.v1 import common_pb2 as atf_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61tf/v1/frontend.proto\x12\x06\x61tf.v1\x1a\x13\x61tf/v1/common.proto\"\xdb\x01\n\x08TaskSpec\x12\x13\n\x0blambda_name\x18\x01 \x01(\t\x12\x12\n\ncollection\x18\x02 \x01(\t\x12\x10\n\x08priority\x18\x03 \x01(\x05\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x13\n\trun_at_ms\x18\x05 \x01(\x03H\x00\x12\x12\n\x08\x64\x65lay_ms\x18\x06 \x01(\x03H\x00\x12\x1c\n\x0fidempotency_key\x18\x07 \x01(\tH\x01\x88\x01\x01\x12\x14\n\x07task_id\x18\x08 \x01(\tH\x02\x88\x01\x01\x42\x06\n\x04whenB\x12\n\x10_idempotency_keyB\n\n\x08_task_id\"1\n\x0fScheduleRequest\x12\x1e\n\x04spec\x18\x01 \x01(\x0b\x32\x10.atf.v1.TaskSpec\"T\n\x10ScheduleResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x1e\n\x04task\x18\x03 \x01(\x0b\x32\x10.atf.v1.TaskInfo\"7\n\x14ScheduleBatchRequest\x12\x1f\n\x05specs\x18\x01 \x03(\x0b\x32\x10.atf.v1.TaskSpec\"|\n\x0eScheduleResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x1f\n\x04\x63ode\x18\x03 \x01(\x0e\x32\x11.atf.v1.ReplyCode\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x16\n\x0eretry_after_ms\x18\x05 \x01(\x03\"@\n\x15ScheduleBatchResponse\x12\'\n\x07results\x18\x01 \x03(\x0b\x32\x16.atf.v1.ScheduleResult\":\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x17\n\x0finclude_payload\x18\x02 \x01(\x08\"1\n\x0fGetTaskResponse\x12\x1e\n\x04task\x18\x01 \x01(\x0b\x32\x10.atf.v1.TaskInfo\"F\n\rCancelRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x14\n\x0crequested_by\x18\x03 \x01(\t\"0\n\x0e\x43\x61ncelResponse\x12\x1e\n\x04task\x18\x01 \x01(\x0b\x32\x10.atf.v1.TaskInfo\"!\n\x0eHistoryRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"8\n\x0fHistoryResponse\x12%\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x14.atf.v1.HistoryEntry\"3\n\x0cWatchRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nfrom_start\x18\x02 \x01(\x08\"T\n\rWatchResponse\x12#\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x14.atf.v1.HistoryEntry\x12\x1e\n\x04task\x18\x02 \x01(\x0b\x32\x10.atf.v1.TaskInfo2\x80\x03\n\x08\x46rontend\x12=\n\x08Schedule\x12\x17.atf.v1.ScheduleRequest\x1a\x18.atf.v1.ScheduleResponse\x12L\n\rScheduleBatch\x12\x1c.atf.v1.ScheduleBatchRequest\x1a\x1d.atf.v1.ScheduleBatchResponse\x12:\n\x07GetTask\x12\x16.atf.v1.GetTaskRequest\x1a\x17.atf.v1.GetTaskResponse\x12\x37\n\x06\x43\x61ncel\x12\x15.atf.v1.CancelRequest\x1a\x16.atf.v1.CancelResponse\x12:\n\x07History\x12\x16.atf.v1.HistoryRequest\x1a\x17.atf.v1.HistoryResponse\x12\x36\n\x05Watch\x12\x14.atf.v1.WatchRequest\x1a\x15.atf.v1.WatchResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61tf/v1/frontend.proto\x12\x06\x61tf.v1\x1a\x13\x61tf/v1/common.proto\"\xdb\x01\n\x08TaskSpec\x12\x13\n\x0blambda_name\x18\x01 \x01(\t\x12\x12\n\ncollection\x18\x02 \x01(\t\x12\x10\n\x08priority\x18\x03 \x01(\x05\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x13\n\trun_at_ms\x18\x05 \x01(\x03H\x00\x12\x12\n\x08\x64\x65lay_ms\x18\x06 \x01(\x03H\x00\x12\x1c\n\x0fidempotency_key\x18\x07 \x01(\tH\x01\x88\x01\x01\x12\x14\n\x07task_id\x18\x08 \x01(\tH\x02\x88\x01\x01\x42\x06\n\x04whenB\x12\n\x10_idempotency_keyB\n\n\x08_task_id\"1\n\x0fScheduleRequest\x12\x1e\n\x04spec\x18\x01 \x01(\x0b\x32\x10.atf.v1.TaskSpec\"T\n\x10ScheduleResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x1e\n\x04task\x18\x03 \x01(\x0b\x32\x10.atf.v1.TaskInfo\"7\n\x14ScheduleBatchRequest\x12\x1f\n\x05specs\x18\x01 \x03(\x0b\x32\x10.atf.v1.TaskSpec\"|\n\x0eScheduleResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x1f\n\x04\x63ode\x18\x03 \x01(\x0e\x32\x11.atf.v1.ReplyCode\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x16\n\x0eretry_after_ms\x18\x05 \x01(\x03\"@\n\x15ScheduleBatchResponse\x12\'\n\x07results\x18\x01 \x03(\x0b\x32\x16.atf.v1.ScheduleResult\"^\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x17\n\x0finclude_payload\x18\x02 \x01(\x08\x12\x15\n\x08\x61s_of_ms\x18\x03 \x01(\x03H\x00\x88\x01\x01\x42\x0b\n\t_as_of_ms\"1\n\x0fGetTaskResponse\x12\x1e\n\x04task\x18\x01 \x01(\x0b\x32\x10.atf.v1.TaskInfo\"F\n\rCancelRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x14\n\x0crequested_by\x18\x03 \x01(\t\"0\n\x0e\x43\x61ncelResponse\x12\x1e\n\x04task\x18\x01 \x01(\x0b\x32\x10.atf.v1.TaskInfo\"!\n\x0eHistoryRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"8\n\x0fHistoryResponse\x12%\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x14.atf.v1.HistoryEntry\"3\n\x0cWatchRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nfrom_start\x18\x02 \x01(\x08\"T\n\rWatchResponse\x12#\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x14.atf.v1.HistoryEntry\x12\x1e\n\x04task\x18\x02 \x01(\x0b\x32\x10.atf.v1.TaskInfo2\x80\x03\n\x08\x46rontend\x12=\n\x08Schedule\x12\x17.atf.v1.ScheduleRequest\x1a\x18.atf.v1.ScheduleResponse\x12L\n\rScheduleBatch\x12\x1c.atf.v1.ScheduleBatchRequest\x1a\x1d.atf.v1.ScheduleBatchResponse\x12:\n\x07GetTask\x12\x16.atf.v1.GetTaskRequest\x1a\x17.atf.v1.GetTaskResponse\x12\x37\n\x06\x43\x61ncel\x12\x15.atf.v1.CancelRequest\x1a\x16.atf.v1.CancelResponse\x12:\n\x07History\x12\x16.atf.v1.HistoryRequest\x1a\x17.atf.v1.HistoryResponse\x12\x36\n\x05Watch\x12\x14.atf.v1.WatchRequest\x1a\x15.atf.v1.WatchResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,21 +45,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCHEDULEBATCHRESPONSE']._serialized_start=596
   _globals['_SCHEDULEBATCHRESPONSE']._serialized_end=660
   _globals['_GETTASKREQUEST']._serialized_start=662
-  _globals['_GETTASKREQUEST']._serialized_end=720
-  _globals['_GETTASKRESPONSE']._serialized_start=722
-  _globals['_GETTASKRESPONSE']._serialized_end=771
-  _globals['_CANCELREQUEST']._serialized_start=773
-  _globals['_CANCELREQUEST']._serialized_end=843
-  _globals['_CANCELRESPONSE']._serialized_start=845
-  _globals['_CANCELRESPONSE']._serialized_end=893
-  _globals['_HISTORYREQUEST']._serialized_start=895
-  _globals['_HISTORYREQUEST']._serialized_end=928
-  _globals['_HISTORYRESPONSE']._serialized_start=930
-  _globals['_HISTORYRESPONSE']._serialized_end=986
-  _globals['_WATCHREQUEST']._serialized_start=988
-  _globals['_WATCHREQUEST']._serialized_end=1039
-  _globals['_WATCHRESPONSE']._serialized_start=1041
-  _globals['_WATCHRESPONSE']._serialized_end=1125
-  _globals['_FRONTEND']._serialized_start=1128
-  _globals['_FRONTEND']._serialized_end=1512
+  _globals['_GETTASKREQUEST']._serialized_end=756
+  _globals['_GETTASKRESPONSE']._serialized_start=758
+  _globals['_GETTASKRESPONSE']._serialized_end=807
+  _globals['_CANCELREQUEST']._serialized_start=809
+  _globals['_CANCELREQUEST']._serialized_end=879
+  _globals['_CANCELRESPONSE']._serialized_start=881
+  _globals['_CANCELRESPONSE']._serialized_end=929
+  _globals['_HISTORYREQUEST']._serialized_start=931
+  _globals['_HISTORYREQUEST']._serialized_end=964
+  _globals['_HISTORYRESPONSE']._serialized_start=966
+  _globals['_HISTORYRESPONSE']._serialized_end=1022
+  _globals['_WATCHREQUEST']._serialized_start=1024
+  _globals['_WATCHREQUEST']._serialized_end=1075
+  _globals['_WATCHRESPONSE']._serialized_start=1077
+  _globals['_WATCHRESPONSE']._serialized_end=1161
+  _globals['_FRONTEND']._serialized_start=1164
+  _globals['_FRONTEND']._serialized_end=1548
 # @@protoc_insertion_point(module_scope)

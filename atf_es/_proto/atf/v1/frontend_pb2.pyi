@@ -70,12 +70,14 @@ class ScheduleBatchResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[ScheduleResult, _Mapping]]] = ...) -> None: ...
 
 class GetTaskRequest(_message.Message):
-    __slots__ = ("task_id", "include_payload")
+    __slots__ = ("task_id", "include_payload", "as_of_ms")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    AS_OF_MS_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     include_payload: bool
-    def __init__(self, task_id: _Optional[str] = ..., include_payload: _Optional[bool] = ...) -> None: ...
+    as_of_ms: int
+    def __init__(self, task_id: _Optional[str] = ..., include_payload: _Optional[bool] = ..., as_of_ms: _Optional[int] = ...) -> None: ...
 
 class GetTaskResponse(_message.Message):
     __slots__ = ("task",)
