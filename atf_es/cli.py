@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import fields
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from atf_es.app import AppLoadError, load_app
@@ -36,6 +37,8 @@ from atf_es.config import (
     load_settings,
 )
 from atf_es.devrun import DEMO_APP, System, run_demo, start_system
+from atf_es.projections.replay import ProgressPrinter, ReplayError, replay, replay_and_verify
+from atf_es.projections.store import StoreError
 from atf_es.services.control import ControlView
 from atf_es.services.controller import Controller
 from atf_es.services.executor import EXIT_HEARTBEAT_LOST, Executor
@@ -324,6 +327,42 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--json", action="store_true", help="print JSON")
     _frontend_option(history)
     history.set_defaults(handler=_cmd_history)
+
+    replay = sub(
+        "replay",
+        "rebuild projections from the event log; --verify a live one",
+        "Read the task-events topic from its start and rebuild the per-partition task "
+        "stores into DIR/p<N> (DIR must be new or empty), as of now or as of --until, "
+        "for every lambda or one. With --verify LIVE_DIR (a processor's "
+        "<data_dir>/processor/<ID>, opened read-only: the processor may keep running), "
+        "rebuild each partition up to the offset its live store has applied and compare "
+        "the two: rows, counters and indexes. Exit status 1 if they differ. See "
+        "docs/replay.md.",
+    )
+    replay.add_argument("into", metavar="DIR", help="where to write the rebuilt stores")
+    replay.add_argument(
+        "--until",
+        metavar="TIME",
+        help="the state as of TIME (ISO 8601 with a time zone, or epoch milliseconds): "
+        "events recorded after it are left out",
+    )
+    replay.add_argument("--lambda", dest="lambda_name", metavar="LAMBDA", help="only its tasks")
+    replay.add_argument(
+        "--partition",
+        dest="only_partitions",
+        type=int,
+        action="append",
+        metavar="N",
+        help="only this partition (repeat for more; default: every partition)",
+    )
+    replay.add_argument(
+        "--verify", metavar="LIVE_DIR", help="compare with <data_dir>/processor/<ID>"
+    )
+    replay.add_argument(
+        "--max-diffs", type=int, default=20, metavar="N", help="task differences to list (20)"
+    )
+    replay.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    replay.set_defaults(handler=_cmd_replay)
 
     cancel = sub("cancel", "cancel a task", "Cancel a waiting or running task.")
     cancel.add_argument("task_id", metavar="TASK_ID")
@@ -661,6 +700,55 @@ def _cmd_history(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
         )
         print(line + ("  " + " ".join(details) if details else ""), file=out)
     return EXIT_OK
+
+
+def _cmd_replay(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    bootstrap = _require_bootstrap(settings, "replay")
+    if bootstrap is None:
+        return EXIT_USAGE
+    until = None
+    if args.until is not None:
+        until = _parse_time(args.until)
+        if until is None:
+            print(
+                f"atf-es replay: --until {args.until!r} is not a time: give ISO 8601 with a "
+                "time zone (2026-11-29T15:30:00Z) or epoch milliseconds",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        if args.verify is not None:
+            print("atf-es replay: --until and --verify do not go together", file=sys.stderr)
+            return EXIT_USAGE
+    progress = None if args.no_progress else ProgressPrinter(sys.stderr)
+    try:
+        if args.verify is None:
+            result = replay(
+                settings,
+                bootstrap,
+                Path(args.into),
+                until=until,
+                lambda_name=args.lambda_name,
+                partitions=args.only_partitions,
+                progress=progress,
+            )
+            print(result.summary(), file=out)
+            return EXIT_OK
+        result, report = replay_and_verify(
+            settings,
+            bootstrap,
+            Path(args.into),
+            Path(args.verify),
+            lambda_name=args.lambda_name,
+            partitions=args.only_partitions,
+            progress=progress,
+            max_diffs=args.max_diffs,
+        )
+    except (ReplayError, StoreError) as exc:
+        print(f"atf-es replay: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(result.summary(), file=out)
+    print(report.render(), file=out)
+    return EXIT_OK if report.ok else EXIT_FAILURE
 
 
 def _cmd_cancel(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
