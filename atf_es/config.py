@@ -123,6 +123,14 @@ class Settings:
     replication_factor: int = 1
     audit_window_ms: int = 7 * DAY_MS
     """How long the event log keeps full history (its ``min.compaction.lag.ms``)."""
+    finished_retention_ms: int = 7 * DAY_MS
+    """How long a finished task (succeeded, failed fatally, cancelled or dropped)
+    is kept after it finished; then its partition's processor writes a
+    tombstone for it and drops it from the projection (0: keep forever). See
+    docs/retention.md."""
+    dead_letter_retention_ms: int = 30 * DAY_MS
+    """The same for dead-lettered tasks, which wait for someone to redrive them
+    (0: keep forever)."""
     command_retention_ms: int = 7 * DAY_MS
     exec_retention_ms: int = DAY_MS
     reply_retention_ms: int = HOUR_MS
@@ -201,6 +209,8 @@ class Settings:
             "partitions": (1, 10_000),
             "replication_factor": (1, 32),
             "audit_window_ms": (0, None),
+            "finished_retention_ms": (0, None),
+            "dead_letter_retention_ms": (0, None),
             "command_retention_ms": (1, None),
             "exec_retention_ms": (1, None),
             "reply_retention_ms": (1, None),
@@ -252,6 +262,8 @@ _INT_FIELDS = {
     "partitions",
     "replication_factor",
     "audit_window_ms",
+    "finished_retention_ms",
+    "dead_letter_retention_ms",
     "command_retention_ms",
     "exec_retention_ms",
     "reply_retention_ms",

@@ -97,6 +97,8 @@ def read_task_events(
             return []
         reader.assign([TopicPartition(topic, source.partition, low)])
         by_seq: dict[int, Recorded] = {}
+        ended = False
+        """A tombstone was read: the next event of the key starts a new task."""
         deadline = time.monotonic() + timeout
         # Done when the position reaches the end: a transactional log ends in a
         # commit marker, which no consumer receives.
@@ -107,7 +109,13 @@ def read_task_events(
                 )
             for message in kafka_clients.consume(reader, READ_CHUNK, 0.1):
                 value = message.value()
-                if message.error() is not None or value is None or message.key() != key:
+                if message.error() is not None or message.key() != key:
+                    continue
+                if value is None:
+                    # The task's retention ran out (docs/retention.md): its
+                    # history stays readable, and an id scheduled again after
+                    # the tombstone is a new task, starting at seq 1.
+                    ended = True
                     continue
                 try:
                     event, task = decode_event(value)
@@ -115,6 +123,9 @@ def read_task_events(
                     continue
                 offset = message.offset()
                 if event.task_id == task_id and (until is None or event.at <= until):
+                    if ended:
+                        by_seq.clear()
+                        ended = False
                     by_seq[event.seq] = Recorded(event, task, -1 if offset is None else offset)
         return [by_seq[seq] for seq in sorted(by_seq)]
     finally:

@@ -145,7 +145,8 @@ class EventLog(TopicReader):
     def history(self) -> dict[str, list[tuple[Event, Task]]]:
         per_task: dict[str, list[tuple[Event, Task]]] = defaultdict(list)
         for _, _, _, value in self.records:
-            assert value is not None
+            if value is None:
+                continue  # a tombstone: the task's retention ran out
             event, task = decode_event(value)
             per_task[event.task_id].append((event, task))
         return per_task

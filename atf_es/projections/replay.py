@@ -344,10 +344,9 @@ class _Reader:
         self.stop_at = stop_at
         self.report = report
         self.pending: dict[str, Task] = {}
-        self.stale: set[str] = set()
-        """Ids whose committed row a later tombstone deleted."""
-        self.reborn: dict[str, Task] = {}
-        """The latest snapshot of a stale id, written after its old row is gone."""
+        self.deleted: set[str] = set()
+        """Ids tombstoned since the last commit: deleted by the next one, before
+        ``pending`` (which may hold a new life of the same id) is applied."""
         self.records = self.applied = self.after_until = self.other_lambdas = 0
         self.tombstones = self.unreadable = 0
         self.last = -1
@@ -369,12 +368,7 @@ class _Reader:
                 self._read(reader, store)
             finally:
                 reader.close()
-            store.commit(
-                self.pending.values(), self.last if self.last >= 0 else None, replace_equal=True
-            )
-            self.pending.clear()
-            if self.stale:
-                store = self._drop_stale(store, work)
+            self._commit(store, self.last if self.last >= 0 else None)
             tasks = sum(store.counts().values())
         finally:
             store.close()
@@ -438,12 +432,16 @@ class _Reader:
     def _take_all(self, messages: list[Message], store: RocksTaskStore) -> None:
         for message in messages:
             if message.error() is None:
-                self._take(message, store)
-        if len(self.pending) >= CHUNK:
-            store.commit(self.pending.values(), self.last, replace_equal=True)
-            self.pending.clear()
+                self._take(message)
+        if len(self.pending) + len(self.deleted) >= CHUNK:
+            self._commit(store, self.last)
 
-    def _take(self, message: Message, store: RocksTaskStore) -> None:
+    def _commit(self, store: RocksTaskStore, offset: int | None) -> None:
+        store.commit(self.pending.values(), offset, replace_equal=True, deleted=self.deleted)
+        self.pending.clear()
+        self.deleted.clear()
+
+    def _take(self, message: Message) -> None:
         offset = message.offset()
         assert offset is not None
         if self.stop_at is not None and offset > self.stop_at:
@@ -464,7 +462,7 @@ class _Reader:
                     "p%d offset %d: a tombstone without a task id key", self.partition, offset
                 )
                 return
-            self._forget(task_id, store)
+            self._forget(task_id)
             return
         try:
             event, task = decode_event(value)
@@ -479,49 +477,20 @@ class _Reader:
             self.other_lambdas += 1
             return
         self.applied += 1
-        latest = self.reborn if task.task_id in self.stale else self.pending
-        current = latest.get(task.task_id)
+        current = self.pending.get(task.task_id)
         # At equal seq the later record wins, as in restore_partition.
         if current is None or task.seq >= current.seq:
-            latest[task.task_id] = task
+            self.pending[task.task_id] = task
 
     @property
     def partition(self) -> int:
         return self.source.partition
 
-    def _forget(self, task_id: str, store: RocksTaskStore) -> None:
+    def _forget(self, task_id: str) -> None:
         self.tombstones += 1
         self.applied += 1
-        if task_id in self.stale:
-            self.reborn.pop(task_id, None)
-            return
         self.pending.pop(task_id, None)
-        if store.get(task_id) is not None:
-            self.stale.add(task_id)
-
-    def _drop_stale(self, store: RocksTaskStore, work: Path) -> RocksTaskStore:
-        """The store at ``work`` without the rows tombstones deleted, copied (the
-        store has no delete) into ``work``'s place."""
-        offset = store.last_offset()
-        copy = work.with_name(work.name + "-copy")
-        if copy.exists():
-            shutil.rmtree(copy)
-        fresh = RocksTaskStore.open(copy)
-        try:
-            chunk: list[Task] = []
-            for task in store.tasks():
-                if task.task_id not in self.stale:
-                    chunk.append(task)
-                if len(chunk) >= CHUNK:
-                    fresh.commit(chunk, None)
-                    chunk = []
-            fresh.commit([*chunk, *self.reborn.values()], offset if offset >= 0 else None)
-        finally:
-            fresh.close()
-            store.close()
-        shutil.rmtree(work)
-        copy.rename(work)
-        return RocksTaskStore.open(work)
+        self.deleted.add(task_id)
 
 
 def _tombstone_id(key: bytes | None) -> str | None:

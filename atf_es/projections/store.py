@@ -2,10 +2,11 @@
 
 The partition processor is the single writer of one partition's store. It
 folds events into task snapshots and hands them to :meth:`TaskStore.commit`
-together with the offset of the events-log partition they came from; one
-commit is one atomic write, so the rows, the indexes, the counters and the
-offset never drift apart after a crash (the offset is eventsourcing's
-tracking record, not faust's separate write).
+together with the ids of the tasks it tombstoned (``deleted``) and the offset
+of the events-log partition they came from; one commit is one atomic write,
+so the rows, the indexes, the counters and the offset never drift apart after
+a crash (the offset is eventsourcing's tracking record, not faust's separate
+write).
 
 What is stored:
 
@@ -19,6 +20,11 @@ What is stored:
   the scans of the others nothing.
 * ``timeouts``: tasks out on a queue or with a worker (``enqueued``,
   ``claimed``, ``processing``), keyed ``next_trigger_at task_id``.
+* ``finished``: terminal tasks by the time they finished, keyed
+  ``kind finished_at task_id``, the kind ``D`` for dead letters and ``F`` for
+  every other terminal status, so that the processor finds the tasks whose
+  retention has run out (docs/retention.md) with one range scan per kind,
+  oldest first. A deleted row leaves every index.
 * ``counters``: tasks per (lambda, collection, priority, status), and tasks
   in the ready index per queue; kept in memory as well, so flow
   control never touches the disk.
@@ -26,7 +32,9 @@ What is stored:
 
 Every live task with a ``next_trigger_at`` has exactly one entry, in the index
 its status selects; a terminal task has none (the lifecycle gives it no
-trigger, and the store would not index it if it had one). Integers in keys are
+trigger, and the store would not index it if it had one). The ``finished``
+index is apart from those: a terminal task with a ``finished_at`` has exactly
+one entry in it, and no other task has one. Integers in keys are
 8-byte big-endian with the sign bit flipped, so byte order is numeric order;
 strings are UTF-8, and those followed by another field end with ``\\0``, which
 is why ids and names must not contain it.
@@ -76,10 +84,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION: Final = 2
+FORMAT_VERSION: Final = 3
 """Version of the on-disk layout; a store of another version is refused (and
 :func:`open_or_rebuild` rebuilds it from the log). 2: ready keys and waiting
-counters name the collection."""
+counters name the collection. 3: the ``finished`` index."""
 
 CounterKey: TypeAlias = tuple[str, str, int, str]
 """(lambda_name, collection, priority, status value)."""
@@ -97,7 +105,11 @@ _I64_MAX: Final = 2**63 - 1
 _BIAS: Final = 2**63
 _U64: Final = struct.Struct(">Q")
 
-_COLUMN_FAMILIES: Final = ("tasks", "ready", "timeouts", "counters", "meta")
+_COLUMN_FAMILIES: Final = ("tasks", "ready", "timeouts", "finished", "counters", "meta")
+_FINISHED: Final = b"F"
+"""The ``finished`` range of every terminal status but ``dead_lettered``."""
+_DEAD_LETTERS: Final = b"D"
+"""The ``finished`` range of dead letters."""
 _META_FORMAT: Final = b"format_version"
 _META_OFFSET: Final = b"events_offset"
 _STATUS_COUNTER: Final = b"S"
@@ -127,10 +139,19 @@ class TaskStore(Protocol):
         ...
 
     def commit(
-        self, tasks: Iterable[Task], events_offset: int | None, *, replace_equal: bool = False
+        self,
+        tasks: Iterable[Task],
+        events_offset: int | None,
+        *,
+        replace_equal: bool = False,
+        deleted: Iterable[str] = (),
     ) -> None:
-        """Apply snapshots and the events offset they came from, atomically.
+        """Delete rows, apply snapshots and the events offset they came from, atomically.
 
+        The rows of ``deleted`` (tombstoned tasks) go first, with their index
+        entries and counts; an id without a row is ignored. ``tasks`` then
+        apply to what is left, so an id in both is a new task under a reused
+        id (a tombstone followed by a new ``TaskScheduled`` in the log).
         A snapshot is applied only if its ``seq`` is higher than the stored
         one; within one call the highest ``seq`` of a task wins. With
         ``replace_equal`` (restoring from a log, where a later record of the
@@ -147,6 +168,14 @@ class TaskStore(Protocol):
 
     def due_ready(self, queue: Queue, now: int, limit: int) -> list[tuple[int, str]]:
         """(next_trigger_at, task_id) of ready entries of one queue due at ``now``."""
+        ...
+
+    def finished_by(
+        self, at: int, limit: int, *, dead_letters: bool = False
+    ) -> list[tuple[int, str]]:
+        """(finished_at, task_id) of terminal tasks that finished at or before ``at``,
+        oldest first: the dead letters with ``dead_letters``, else every other
+        terminal task."""
         ...
 
     def waiting(self) -> dict[Queue, int]:
@@ -211,10 +240,21 @@ def _latest_by_id(tasks: Iterable[Task], later_wins: bool = False) -> dict[str, 
         _check_i64("priority", task.priority)
         if task.next_trigger_at is not None:
             _check_i64("next_trigger_at", task.next_trigger_at)
+        if task.finished_at is not None:
+            _check_i64("finished_at", task.finished_at)
         current = latest.get(task.task_id)
         if current is None or task.seq > current.seq or (later_wins and task.seq == current.seq):
             latest[task.task_id] = task
     return latest
+
+
+def _deleted_ids(deleted: Iterable[str]) -> dict[str, None]:
+    """Validate ``deleted``; the ids in their order, each once."""
+    ids: dict[str, None] = {}
+    for task_id in deleted:
+        _check_text("task_id", task_id)
+        ids[task_id] = None
+    return ids
 
 
 def _superseded(new: Task, old: Task, replace_equal: bool) -> bool:
@@ -228,6 +268,14 @@ def _is_ready(task: Task) -> bool:
 
 def _is_timeout(task: Task) -> bool:
     return task.next_trigger_at is not None and task.status in _TIMEOUT_STATUSES
+
+
+def _is_finished(task: Task) -> bool:
+    return task.finished_at is not None and task.status.terminal
+
+
+def _finished_space(task: Task) -> bytes:
+    return _DEAD_LETTERS if task.status is TaskStatus.DEAD_LETTERED else _FINISHED
 
 
 def _queue(task: Task) -> Queue:
@@ -266,6 +314,13 @@ class _Delta:
         if _is_ready(new):
             queue = _queue(new)
             self.waiting[queue] = self.waiting.get(queue, 0) + 1
+
+    def remove(self, old: Task) -> None:
+        key = _counter_key(old)
+        self.status[key] = self.status.get(key, 0) - 1
+        if _is_ready(old):
+            queue = _queue(old)
+            self.waiting[queue] = self.waiting.get(queue, 0) - 1
 
 
 def _apply_counts(counters: dict[_K, int], delta: dict[_K, int]) -> dict[_K, int]:
@@ -323,6 +378,8 @@ class MemoryTaskStore:
         self._tasks: dict[str, Task] = {}
         self._ready: dict[Queue, list[tuple[int, str]]] = {}
         self._timeouts: list[tuple[int, str]] = []
+        self._finished: dict[bool, list[tuple[int, str]]] = {False: [], True: []}
+        """(finished_at, task_id) of terminal tasks; True: of dead letters."""
         self._counters = _Counters({}, {})
         self._offset = -1
         self._closed = False
@@ -350,14 +407,26 @@ class MemoryTaskStore:
         return self._tasks.get(task_id)
 
     def commit(
-        self, tasks: Iterable[Task], events_offset: int | None, *, replace_equal: bool = False
+        self,
+        tasks: Iterable[Task],
+        events_offset: int | None,
+        *,
+        replace_equal: bool = False,
+        deleted: Iterable[str] = (),
     ) -> None:
         self._check_open()
         latest = _latest_by_id(tasks, replace_equal)
+        gone = _deleted_ids(deleted)
         delta = _Delta()
+        removed: list[Task] = []
+        for task_id in gone:
+            old = self._tasks.get(task_id)
+            if old is not None:
+                removed.append(old)
+                delta.remove(old)
         applied: list[tuple[Task | None, Task]] = []
         for task_id, new in latest.items():
-            old = self._tasks.get(task_id)
+            old = None if task_id in gone else self._tasks.get(task_id)
             if old is not None and _superseded(new, old, replace_equal):
                 continue
             applied.append((old, new))
@@ -365,6 +434,9 @@ class MemoryTaskStore:
         status = _apply_counts(self._counters.status, delta.status)
         waiting = _apply_counts(self._counters.waiting, delta.waiting)
         # Nothing above can fail half-way through what follows.
+        for old in removed:
+            self._unindex(old)
+            del self._tasks[old.task_id]
         for old, new in applied:
             if old is not None:
                 self._unindex(old)
@@ -375,6 +447,10 @@ class MemoryTaskStore:
             self._offset = events_offset
 
     def _index(self, task: Task) -> None:
+        if _is_finished(task):
+            assert task.finished_at is not None
+            entries = self._finished[task.status is TaskStatus.DEAD_LETTERED]
+            bisect.insort(entries, (task.finished_at, task.task_id))
         if task.next_trigger_at is None:
             return
         entry = (task.next_trigger_at, task.task_id)
@@ -385,6 +461,10 @@ class MemoryTaskStore:
             bisect.insort(self._timeouts, entry)
 
     def _unindex(self, task: Task) -> None:
+        if _is_finished(task):
+            assert task.finished_at is not None
+            entries = self._finished[task.status is TaskStatus.DEAD_LETTERED]
+            del entries[bisect.bisect_left(entries, (task.finished_at, task.task_id))]
         if task.next_trigger_at is None:
             return
         entry = (task.next_trigger_at, task.task_id)
@@ -405,6 +485,12 @@ class MemoryTaskStore:
         self._check_open()
         _check_queue(queue)
         return _due(self._ready.get(queue, []), now, limit)
+
+    def finished_by(
+        self, at: int, limit: int, *, dead_letters: bool = False
+    ) -> list[tuple[int, str]]:
+        self._check_open()
+        return _due(self._finished[dead_letters], at, limit)
 
     def waiting(self) -> dict[Queue, int]:
         self._check_open()
@@ -468,6 +554,11 @@ def _ready_key(task: Task) -> bytes:
 def _timeout_key(task: Task) -> bytes:
     assert task.next_trigger_at is not None
     return _i64(task.next_trigger_at) + task.task_id.encode()
+
+
+def _finished_key(task: Task) -> bytes:
+    assert task.finished_at is not None
+    return _finished_space(task) + _i64(task.finished_at) + task.task_id.encode()
 
 
 def _status_counter_key(key: CounterKey) -> bytes:
@@ -553,10 +644,11 @@ class RocksTaskStore:
         self._cache_size = cache_size
         self._offset = -1
         self._counters = _Counters({}, {})
-        self._floors: dict[bytes, bytes | None] = {}
-        """Per index range (b"" for the timeouts, a queue's prefix for its ready
-        keys): a key no live key of the range is below, or None when the
-        range is empty. Absent: the range's start.
+        self._floors: dict[tuple[str, bytes], bytes | None] = {}
+        """Per index range, (column family, the range's prefix: b"" for the
+        timeouts, a queue's prefix for its ready keys, a kind for the finished
+        keys): a key no live key of the range is below, or None when the range
+        is empty. Absent: the range's start.
 
         RocksDB keeps a deleted key as a tombstone until a compaction, and a
         seek steps over every tombstone after its target. Every task leaves a
@@ -566,13 +658,13 @@ class RocksTaskStore:
         Seeking from the floor steps over only what was deleted since the
         last seek."""
 
-    def _floor(self, space: bytes) -> bytes | None:
-        return self._floors.get(space, space)
+    def _floor(self, cf_name: str, space: bytes) -> bytes | None:
+        return self._floors.get((cf_name, space), space)
 
-    def _lower_floor(self, space: bytes, key: bytes) -> None:
-        floor = self._floor(space)
+    def _lower_floor(self, cf_name: str, space: bytes, key: bytes) -> None:
+        floor = self._floor(cf_name, space)
         if floor is None or key < floor:
-            self._floors[space] = key
+            self._floors[cf_name, space] = key
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, cache_size: int = 16384) -> RocksTaskStore:
@@ -598,7 +690,7 @@ class RocksTaskStore:
             name: _cf_options(
                 block_cache,
                 point_lookups=name == "tasks",
-                queue_like=name in ("ready", "timeouts"),
+                queue_like=name in ("ready", "timeouts", "finished"),
             )
             for name in _COLUMN_FAMILIES
         }
@@ -780,39 +872,44 @@ class RocksTaskStore:
     # -- the write
 
     def commit(
-        self, tasks: Iterable[Task], events_offset: int | None, *, replace_equal: bool = False
+        self,
+        tasks: Iterable[Task],
+        events_offset: int | None,
+        *,
+        replace_equal: bool = False,
+        deleted: Iterable[str] = (),
     ) -> None:
         db = self._live()
         latest = _latest_by_id(tasks, replace_equal)
+        gone = _deleted_ids(deleted)
         advance = events_offset is not None and events_offset > self._offset
-        if not latest and not advance:
+        if not latest and not gone and not advance:
             return
-        stored = self._get_many(list(latest))
+        stored = self._get_many(list({**gone, **dict.fromkeys(latest)}))
         tasks_cf = self._handle["tasks"]
-        ready_cf = self._handle["ready"]
-        timeouts_cf = self._handle["timeouts"]
         batch = WriteBatch(raw_mode=True)
         delta = _Delta()
+        removed: list[str] = []
         applied: list[Task] = []
-        added: list[tuple[bytes, bytes]] = []
-        """(index range, key) of every trigger key written."""
-        for task_id, new in latest.items():
+        added: list[tuple[str, bytes, bytes]] = []
+        """(column family, index range, key) of every index key written."""
+        for task_id in gone:
             old = stored.get(task_id)
+            if old is None:
+                continue
+            batch.delete(task_id.encode(), tasks_cf)
+            self._unindex(batch, old)
+            delta.remove(old)
+            removed.append(task_id)
+        for task_id, new in latest.items():
+            old = None if task_id in gone else stored.get(task_id)
             if old is not None:
                 if _superseded(new, old, replace_equal):
                     continue
-                if _is_ready(old):
-                    batch.delete(_ready_key(old), ready_cf)
-                elif _is_timeout(old):
-                    batch.delete(_timeout_key(old), timeouts_cf)
-            batch.put(task_id.encode(), encode_task(new), tasks_cf)
+                self._unindex(batch, old)
             # A delete followed by a put of the same key in one batch is a put.
-            if _is_ready(new):
-                batch.put(_ready_key(new), b"", ready_cf)
-                added.append((_ready_prefix(_queue(new)), _ready_key(new)))
-            elif _is_timeout(new):
-                batch.put(_timeout_key(new), b"", timeouts_cf)
-                added.append((b"", _timeout_key(new)))
+            batch.put(task_id.encode(), encode_task(new), tasks_cf)
+            added.extend(self._index(batch, new))
             delta.move(old, new)
             applied.append(new)
         status = _apply_counts(self._counters.status, delta.status)
@@ -837,14 +934,38 @@ class RocksTaskStore:
             db.write(batch)
         except Exception as exc:
             raise StoreError(f"task store {self._path}: write failed: {exc}") from exc
+        for task_id in removed:
+            self._cache.pop(task_id, None)
         for task in applied:
             self._remember(task)
-        for space, trigger in added:
-            self._lower_floor(space, trigger)
+        for cf_name, space, index_key in added:
+            self._lower_floor(cf_name, space, index_key)
         self._counters.update(status, waiting)
         if advance:
             assert events_offset is not None
             self._offset = events_offset
+
+    def _index(self, batch: WriteBatch, task: Task) -> list[tuple[str, bytes, bytes]]:
+        """Put ``task``'s index entries into ``batch``; returns (cf, range, key) of each."""
+        added: list[tuple[str, bytes, bytes]] = []
+        if _is_ready(task):
+            added.append(("ready", _ready_prefix(_queue(task)), _ready_key(task)))
+        elif _is_timeout(task):
+            added.append(("timeouts", b"", _timeout_key(task)))
+        if _is_finished(task):
+            added.append(("finished", _finished_space(task), _finished_key(task)))
+        for cf_name, _, key in added:
+            batch.put(key, b"", self._handle[cf_name])
+        return added
+
+    def _unindex(self, batch: WriteBatch, task: Task) -> None:
+        """Delete ``task``'s index entries in ``batch``."""
+        if _is_ready(task):
+            batch.delete(_ready_key(task), self._handle["ready"])
+        elif _is_timeout(task):
+            batch.delete(_timeout_key(task), self._handle["timeouts"])
+        if _is_finished(task):
+            batch.delete(_finished_key(task), self._handle["finished"])
 
     # -- the indexes
 
@@ -852,7 +973,7 @@ class RocksTaskStore:
         self._live()
         if limit <= 0 or now < _I64_MIN:
             return []
-        floor = self._floor(b"")
+        floor = self._floor("timeouts", b"")
         if floor is None:
             return []
         upper = None if now >= _I64_MAX else _i64(now + 1)
@@ -867,7 +988,7 @@ class RocksTaskStore:
         if limit <= 0 or now < _I64_MIN:
             return []
         prefix = _ready_prefix(queue)
-        floor = self._floor(prefix)
+        floor = self._floor("ready", prefix)
         if floor is None:
             return []
         upper = prefix + _i64(now + 1) if now < _I64_MAX else _prefix_end(prefix)
@@ -876,6 +997,29 @@ class RocksTaskStore:
             (_from_i64(key[start : start + 8]), key[start + 8 :].decode())
             for key, _ in self._scan("ready", floor, upper, limit)
         ]
+
+    def finished_by(
+        self, at: int, limit: int, *, dead_letters: bool = False
+    ) -> list[tuple[int, str]]:
+        self._live()
+        if limit <= 0 or at < _I64_MIN:
+            return []
+        space = _DEAD_LETTERS if dead_letters else _FINISHED
+        floor = self._floor("finished", space)
+        if floor is None:
+            return []
+        upper = space + _i64(at + 1) if at < _I64_MAX else _prefix_end(space)
+        keys = [key for key, _ in self._scan("finished", floor, upper, limit)]
+        # Nothing live lies below the first key found, or below ``upper`` if
+        # none was: the next call starts there. This index has no
+        # next_trigger() to raise its floors, and it is scanned on every poll.
+        if keys:
+            self._floors["finished", space] = keys[0]
+        elif at >= _I64_MAX:
+            self._floors["finished", space] = None
+        elif upper > floor:
+            self._floors["finished", space] = upper
+        return [(_from_i64(key[1:9]), key[9:].decode()) for key in keys]
 
     def waiting(self) -> dict[Queue, int]:
         self._live()
@@ -887,24 +1031,24 @@ class RocksTaskStore:
     def next_trigger(self) -> int | None:
         self._live()
         firsts: list[int] = []
-        first = self._first_in(b"", "timeouts", None)
+        first = self._first_in("timeouts", b"", None)
         if first is not None:
             firsts.append(_from_i64(first[:8]))
         # One seek per (lambda, collection, priority) queue: there are few of them.
         for queue in self._counters.waiting:
             prefix = _ready_prefix(queue)
-            first = self._first_in(prefix, "ready", _prefix_end(prefix))
+            first = self._first_in("ready", prefix, _prefix_end(prefix))
             if first is not None:
                 firsts.append(_from_i64(first[len(prefix) : len(prefix) + 8]))
         return min(firsts, default=None)
 
-    def _first_in(self, space: bytes, cf_name: str, upper: bytes | None) -> bytes | None:
+    def _first_in(self, cf_name: str, space: bytes, upper: bytes | None) -> bytes | None:
         """The first live key of an index range; raises its floor to it."""
-        floor = self._floor(space)
+        floor = self._floor(cf_name, space)
         if floor is None:
             return None
         found = next((key for key, _ in self._scan(cf_name, floor, upper, 1)), None)
-        self._floors[space] = found
+        self._floors[cf_name, space] = found
         return found
 
     def counts(self) -> dict[CounterKey, int]:

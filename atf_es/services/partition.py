@@ -2,10 +2,18 @@
 
 This is the processor without Kafka. It reads the projection through the
 ``TaskStore`` port, runs the pure lifecycle, and collects everything one
-Kafka transaction must write (events, execution-queue messages and set-aside
-(poison) records), the replies to send once it has committed, and the
-snapshots to commit to the store then. Nothing here writes anywhere, so a failed
-transaction leaves no trace: the shell drops the batch and starts over.
+Kafka transaction must write (events, tombstones, execution-queue messages
+and set-aside (poison) records), the replies to send once it has committed,
+and the snapshots to commit to the store then (and the rows to delete).
+Nothing here writes anywhere, so a failed transaction leaves no trace: the
+shell drops the batch and starts over.
+
+Finished tasks are kept for a retention (``Retention``, from the settings
+``finished_retention_ms`` and ``dead_letter_retention_ms``; see
+docs/retention.md). Once it has run out, :meth:`PartitionCore.fire_due` writes
+a tombstone (the task id, no value) to the partition's own task-events
+partition and the row leaves the projection when the batch commits; at most
+``Limits.max_expired`` per poll.
 
 Nothing a command says may stop the partition. A transaction that Kafka
 refuses is retried, so every record a batch holds must be one Kafka takes:
@@ -89,7 +97,8 @@ class RawCommand:
 class Outgoing:
     topic: str
     key: bytes | None
-    value: bytes
+    value: bytes | None
+    """None: a tombstone."""
     partition: int | None = None
 
 
@@ -99,8 +108,9 @@ class Batch:
     the projection rows it leads to.
 
     Everything written inside the transaction goes to partitions that only
-    this partition's owner writes: its events partition, the same-numbered
-    exec partitions (co-partitioned by task_id) and its own poison partition.
+    this partition's owner writes: its events partition (events, then
+    tombstones), the same-numbered exec partitions (co-partitioned by
+    task_id) and its own poison partition.
     Replies go to the asking gateway's partition, which every processor
     writes, so they are sent after the commit, outside it (docs/design.md,
     "Replies after the commit").
@@ -112,7 +122,11 @@ class Batch:
     work: list[Outgoing] = field(default_factory=list)
     replies: list[Outgoing] = field(default_factory=list)
     poison: list[Outgoing] = field(default_factory=list)
+    tombstones: list[Outgoing] = field(default_factory=list)
+    """Tombstones of the tasks whose retention ran out (task-events, after the events)."""
     tasks: dict[str, Task] = field(default_factory=dict)
+    deleted: dict[str, None] = field(default_factory=dict)
+    """Ids of the tombstoned tasks: rows the commit deletes (none of them in ``tasks``)."""
     last_command_offset: int | None = None
     commands: int = 0
     timers: int = 0
@@ -121,13 +135,13 @@ class Batch:
 
     @property
     def empty(self) -> bool:
-        return not (self.events or self.work or self.replies or self.poison) and (
-            self.last_command_offset is None
-        )
+        return not (
+            self.events or self.tombstones or self.work or self.replies or self.poison
+        ) and (self.last_command_offset is None)
 
     def transactional(self) -> list[Outgoing]:
         """The records the transaction writes; ``replies`` are sent after it commits."""
-        return [*self.events, *self.work, *self.poison]
+        return [*self.events, *self.tombstones, *self.work, *self.poison]
 
 
 PolicyLookup = Callable[[str], LambdaPolicy | None]
@@ -147,6 +161,36 @@ class Limits:
     """Triggers fired per partition per poll, so one poll cannot grow without bound."""
     max_record_bytes: int = 1_000_000
     """The largest record (key + value) Kafka takes: the producer's ``message.max.bytes``."""
+    max_expired: int = 500
+    """Tombstones of finished tasks written per partition per poll: a backlog of
+    expired tasks (a retention just shortened, or first set on an old log)
+    is worked off a slice at a time instead of in one huge transaction."""
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long finished tasks are kept after ``finished_at`` (ms; 0: for ever)."""
+
+    finished_ms: int = 0
+    """Succeeded, failed fatally, cancelled and dropped tasks."""
+    dead_letter_ms: int = 0
+    """Dead-lettered tasks, which wait for a redrive."""
+
+    def of(self, task: Task) -> int:
+        """The retention of ``task`` (a terminal one)."""
+        if task.status is TaskStatus.DEAD_LETTERED:
+            return self.dead_letter_ms
+        return self.finished_ms
+
+    def expired(self, task: Task, now: int) -> bool:
+        """Whether ``task`` finished longer than its retention ago."""
+        retention = self.of(task)
+        return (
+            task.status.terminal
+            and task.finished_at is not None
+            and retention > 0
+            and task.finished_at <= now - retention
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +244,7 @@ def max_payload_bytes(limits: Limits = Limits()) -> int:
 
 
 def _size(out: Outgoing) -> int:
-    return len(out.value) + len(out.key or b"")
+    return len(out.value or b"") + len(out.key or b"")
 
 
 def _cut(text: str, limit: int) -> str:
@@ -231,6 +275,7 @@ class PartitionCore:
         reply_partition_exists: Callable[[int], bool] | None = None,
         poison_partitions: int = 1,
         gates: GateLookup = no_gates,
+        retention: Retention = Retention(),
     ) -> None:
         if poison_partitions < 1:
             raise ValueError(f"poison_partitions must be at least 1, got {poison_partitions}")
@@ -240,6 +285,7 @@ class PartitionCore:
         self.gates = gates
         self.topics = topics
         self.limits = limits
+        self.retention = retention
         self.reply_partition_exists = reply_partition_exists
         """Whether the replies topic has a partition; None: do not check."""
         self.poison_partition = partition % poison_partitions
@@ -425,7 +471,9 @@ class PartitionCore:
 
         ``timeouts=False`` holds the enqueue, claim and heartbeat timeouts (the
         processor does while commands that may answer them are unread) and
-        fires only what is ready: due tasks and retries.
+        fires only what is ready: due tasks and retries. It holds the
+        expiry of finished tasks as well: a redrive of a dead letter may be
+        among the unread commands.
         """
         budget = self.limits.max_timers
         if timeouts:
@@ -459,6 +507,38 @@ class PartitionCore:
                 if dropping or self._credit(batch, lambda_name, priority) > 0:
                     # Dropping a task enqueues nothing, so it needs no credit.
                     budget -= self._timer(batch, task_id)
+        if timeouts:
+            self.expire(batch)
+
+    def expire(self, batch: Batch) -> None:
+        """Tombstone the finished tasks whose retention ran out, oldest first.
+
+        At most ``Limits.max_expired``, finished tasks before dead letters. A
+        task the batch changed is judged as it is now (a dead letter redriven
+        by a command of this batch is live again and stays).
+        """
+        budget = self.limits.max_expired
+        for dead_letters, retention in (
+            (False, self.retention.finished_ms),
+            (True, self.retention.dead_letter_ms),
+        ):
+            if retention <= 0 or budget <= 0:
+                continue
+            cutoff = batch.now - retention
+            for _, task_id in self.store.finished_by(cutoff, budget, dead_letters=dead_letters):
+                task = self._task(batch, task_id)
+                if (
+                    task is None
+                    or task_id in batch.deleted
+                    or not self.retention.expired(task, batch.now)
+                ):
+                    continue
+                batch.tasks.pop(task_id, None)
+                batch.deleted[task_id] = None
+                batch.tombstones.append(
+                    Outgoing(self.topics.task_events, task_id.encode(), None, self.partition)
+                )
+                budget -= 1
 
     def _fire_order(
         self, collections: dict[tuple[str, int], list[str]]
@@ -542,6 +622,7 @@ __all__ = [
     "PartitionCore",
     "PolicyLookup",
     "RawCommand",
+    "Retention",
     "max_payload_bytes",
     "new_batch",
 ]

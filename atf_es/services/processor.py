@@ -15,6 +15,12 @@ projection is written after the commit, with the last event offset in the
 same WriteBatch, so after a crash it is at worst behind the log, never ahead
 of it; on assignment it catches up from the log before taking commands.
 
+Finished tasks whose retention ran out (``finished_retention_ms``,
+``dead_letter_retention_ms``) get a tombstone in their partition's batch
+transaction, and their rows are deleted from the projection in the same
+WriteBatch as the rest; a restore applies tombstones the same way, so a
+projection rebuilt from the log equals the live one (docs/retention.md).
+
 Why not one producer per process (EOS v2, fenced by the group generation)?
 The embedded broker does not check the generation in TxnOffsetCommit: a
 process paused past its session timeout and resumed commits over its
@@ -44,7 +50,14 @@ from atf_es.events import Gate, LambdaPolicy, Task
 from atf_es.events.codec import DecodeError, decode_event
 from atf_es.projections.store import RocksTaskStore, TaskStore, open_or_rebuild
 from atf_es.services.control import ControlView
-from atf_es.services.partition import Batch, Limits, PartitionCore, RawCommand, new_batch
+from atf_es.services.partition import (
+    Batch,
+    Limits,
+    PartitionCore,
+    RawCommand,
+    Retention,
+    new_batch,
+)
 from atf_es.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -82,6 +95,10 @@ class ProcessorStats:
     restored_events: int = 0
     rebuilt_stores: int = 0
     bad_event_records: int = 0
+    expired: int = 0
+    """Finished tasks tombstoned because their retention ran out."""
+    restored_tombstones: int = 0
+    """Tombstones applied while restoring projections from the log."""
     timeouts_held: int = 0
     """Batches whose timeouts waited for the partition's command backlog."""
     owned: list[int] = field(default_factory=list)
@@ -140,6 +157,10 @@ class Processor:
         self.limits = limits or Limits(
             max_enqueued=max(1, settings.max_enqueued // settings.partitions),
             max_record_bytes=record_limit(settings),
+        )
+        self.retention = Retention(
+            finished_ms=settings.finished_retention_ms,
+            dead_letter_ms=settings.dead_letter_retention_ms,
         )
         self.clock = clock
         self.data_dir = Path(settings.data_dir) / "processor" / self.instance_id
@@ -282,6 +303,7 @@ class Processor:
             reply_partition_exists=self._reply_partition_exists,
             poison_partitions=self._poison_partitions,
             gates=self._gate,
+            retention=self.retention,
         )
         self._owned[partition] = _Owned(partition, producer, store, core)
 
@@ -341,6 +363,7 @@ class Processor:
             stable_wait=self.stable_wait,
         )
         self.stats.restored_events += result.events
+        self.stats.restored_tombstones += result.tombstones
         self.stats.bad_event_records += result.unreadable
         log.info(
             "partition %d: restored %d events in %.2fs",
@@ -497,12 +520,17 @@ class Processor:
             return
         owned.committed_at = time.monotonic()
         self._send_replies(batch)
-        owned.store.commit(batch.tasks.values(), last_event if last_event >= 0 else None)
+        owned.store.commit(
+            batch.tasks.values(),
+            last_event if last_event >= 0 else None,
+            deleted=batch.deleted,
+        )
         stats = self.stats
         stats.batches += 1
         stats.commands += batch.commands
         stats.timers += batch.timers
         stats.events += len(batch.events)
+        stats.expired += len(batch.tombstones)
         stats.work += len(batch.work)
         stats.replies += len(batch.replies)
         stats.poison += len(batch.poison)
@@ -567,6 +595,17 @@ class Processor:
             return
         if first_offset is not None and self._consumer is not None:
             self._consumer.seek(TopicPartition(self.topics.commands, batch.partition, first_offset))
+
+
+def _tombstone_id(key: bytes | None) -> str | None:
+    """The task id a tombstone's key names; None if it names none."""
+    if not key:
+        return None
+    try:
+        task_id = key.decode()
+    except UnicodeDecodeError:
+        return None
+    return None if "\x00" in task_id else task_id
 
 
 def record_limit(settings: Settings) -> int:
@@ -657,7 +696,10 @@ class RestoreResult:
     events: int
     """Records read from the event log (tombstones and unreadable ones included)."""
     unreadable: int
-    """Records that did not decode as task events; skipped and logged."""
+    """Records that did not decode as task events (or tombstones without a
+    readable key); skipped and logged."""
+    tombstones: int = 0
+    """Tombstones applied: each deleted its task's row (if there was one)."""
 
 
 def restore_partition(
@@ -671,8 +713,11 @@ def restore_partition(
 ) -> RestoreResult:
     """Bring ``store`` up to the end of its event-log partition, as it is now.
 
-    Raises ``UnstableLogError`` when an open transaction keeps hiding part of
-    the partition for ``stable_wait`` seconds.
+    A tombstone (a record with a key and no value, written when a finished
+    task's retention ran out) deletes its task's row; a task scheduled again
+    under the same id after it is a new task. Raises ``UnstableLogError`` when
+    an open transaction keeps hiding part of the partition for
+    ``stable_wait`` seconds.
     """
     source = TopicPartition(Topics(settings.topic_prefix).task_events, partition)
     reader = kafka_clients.consumer(bootstrap, kafka_config=settings.kafka_config)
@@ -683,8 +728,11 @@ def restore_partition(
             return RestoreResult(0, 0)
         reader.assign([TopicPartition(source.topic, partition, start)])
         pending: dict[str, Task] = {}
+        """The latest snapshot per task since its last tombstone in this chunk."""
+        deleted: dict[str, None] = {}
+        """Tasks tombstoned in this chunk: their stored rows go before ``pending`` applies."""
         last = start - 1
-        applied = unreadable = 0
+        applied = unreadable = tombstones = 0
         # Done when the position reaches the end, not when a record at the end
         # arrives: a transactional log ends in a commit marker, which no
         # consumer ever receives.
@@ -696,7 +744,20 @@ def restore_partition(
                 applied += 1
                 value = message.value()
                 if value is None:
-                    continue  # a tombstone: retention of finished tasks (later issue)
+                    task_id = _tombstone_id(message.key())
+                    if task_id is None:
+                        unreadable += 1
+                        log.warning(
+                            "partition %d offset %d: a tombstone without a task id key",
+                            partition,
+                            last,
+                        )
+                        continue
+                    # Whatever came before is gone; what follows is a new task.
+                    pending.pop(task_id, None)
+                    deleted[task_id] = None
+                    tombstones += 1
+                    continue
                 try:
                     _, task = decode_event(value)
                 except DecodeError as exc:
@@ -709,12 +770,13 @@ def restore_partition(
                 # aborted transactions (the embedded one) show both copies.
                 if current is None or task.seq >= current.seq:
                     pending[task.task_id] = task
-            if len(pending) >= RESTORE_CHUNK:
-                store.commit(pending.values(), last, replace_equal=True)
+            if len(pending) + len(deleted) >= RESTORE_CHUNK:
+                store.commit(pending.values(), last, replace_equal=True, deleted=deleted)
                 pending.clear()
+                deleted.clear()
             if stop is not None and stop.is_set():
                 break
-        store.commit(pending.values(), last, replace_equal=True)
-        return RestoreResult(applied, unreadable)
+        store.commit(pending.values(), last, replace_equal=True, deleted=deleted)
+        return RestoreResult(applied, unreadable, tombstones)
     finally:
         reader.close()

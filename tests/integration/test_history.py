@@ -235,3 +235,42 @@ def test_murmur2_matches_an_independent_implementation() -> None:
     for _ in range(5_000):
         data = rng.randbytes(rng.randint(0, 64))
         assert murmur2(data) & 0x7FFFFFFF == kafka_python_murmur2(data) & 0x7FFFFFFF
+
+
+def test_an_id_reused_after_its_tombstone_shows_only_its_new_life(settings: Settings) -> None:
+    from atf_es.events import Cause, TaskCancelled, TaskScheduled, evolve
+    from atf_es.events.codec import encode_event
+    from atf_es.history import read_task_events
+
+    small = replace(settings, partitions=2)
+    prepare(small)
+    bootstrap = small.kafka_bootstrap
+    assert bootstrap is not None
+    topic = Topics(small.topic_prefix).task_events
+    partition = partition_of("reused", 2)
+    producer = kafka_clients.producer(bootstrap, small.kafka_config)
+
+    def life(at: int, payload: bytes, cancel: bool) -> None:
+        scheduled = TaskScheduled(
+            "reused", 1, at, Cause.command("ScheduleTask", f"c{at}"), "l", "c", 0, payload, at, None
+        )
+        task = evolve(None, scheduled)
+        producer.produce(topic, encode_event(scheduled, task), b"reused", partition)
+        if cancel:
+            cancelled = TaskCancelled(
+                "reused", 2, at + 1, Cause.command("CancelTask", "x"), "t", ""
+            )
+            producer.produce(
+                topic, encode_event(cancelled, evolve(task, cancelled)), b"reused", partition
+            )
+
+    life(1_000, b"first", cancel=True)
+    producer.produce(topic, None, b"reused", partition)  # the first life's retention ran out
+    life(5_000, b"second", cancel=False)
+    assert producer.flush(30) == 0
+    recorded = read_task_events(small, bootstrap, "reused")
+    assert [(r.event.seq, r.task.payload) for r in recorded] == [(1, b"second")]
+    assert [r.task.payload for r in read_task_events(small, bootstrap, "reused", until=1_500)] == [
+        b"first",
+        b"first",
+    ]

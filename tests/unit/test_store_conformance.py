@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from atf_es.events import Task, TaskStatus
 from atf_es.projections import (
+    FORMAT_VERSION,
     MemoryTaskStore,
     RocksTaskStore,
     StoreError,
@@ -41,6 +42,7 @@ def task(
     collection: str = "marketing",
     priority: int = 0,
     payload: bytes = b"{}",
+    finished_at: int | None = None,
 ) -> Task:
     return Task(
         task_id=task_id,
@@ -54,6 +56,7 @@ def task(
         scheduled_at=100,
         next_trigger_at=trigger,
         lease=seq,
+        finished_at=finished_at,
     )
 
 
@@ -413,6 +416,170 @@ def test_close_twice_and_use_after_close(store: TaskStore) -> None:
         store.commit([task(seq=2)], 1)
 
 
+# -- deletion and the finished index ---------------------------------------------------
+
+Q = ("send_email", "marketing", 0)
+
+
+def _everything(s: TaskStore) -> dict[str, object]:
+    return {
+        "rows": list(s.tasks()),
+        "counts": s.counts(),
+        "waiting": s.waiting(),
+        "enqueued": s.enqueued("send_email", 0),
+        "timeouts": s.due_timeouts(2**62, 100),
+        "ready": s.due_ready(Q, 2**62, 100),
+        "finished": s.finished_by(2**62, 100),
+        "dead": s.finished_by(2**62, 100, dead_letters=True),
+        "next": s.next_trigger(),
+    }
+
+
+def test_a_deleted_row_leaves_every_index_and_counter(store: TaskStore) -> None:
+    store.commit(
+        [
+            task("ready", S.NEW, 1, 100),
+            task("out", S.ENQUEUED, 2, 200),
+            task("done", S.SUCCESS, 3, None, finished_at=50),
+            task("dead", S.DEAD_LETTERED, 4, None, finished_at=60),
+        ],
+        7,
+    )
+    store.commit([], 8, deleted=["ready", "out", "done", "dead", "never-was"])
+    for task_id in ("ready", "out", "done", "dead"):
+        assert store.get(task_id) is None
+    assert _everything(store) == {
+        "rows": [],
+        "counts": {},
+        "waiting": {},
+        "enqueued": 0,
+        "timeouts": [],
+        "ready": [],
+        "finished": [],
+        "dead": [],
+        "next": None,
+    }
+    assert store.last_offset() == 8
+
+
+def test_deleting_some_rows_keeps_the_others(store: TaskStore) -> None:
+    keep = [task("a", S.SUCCESS, 2, None, finished_at=10), task("b", S.NEW, 1, 30)]
+    store.commit([*keep, task("c", S.SUCCESS, 2, None, finished_at=20)], None)
+    store.commit([], None, deleted=["c"])
+    store.commit([], None, deleted=["c"])  # twice: nothing left to delete
+    assert list(store.tasks()) == keep
+    assert store.finished_by(100, 10) == [(10, "a")]
+    assert store.counts() == {(*Q, "success"): 1, (*Q, "new"): 1}
+    assert store.waiting() == {Q: 1}
+
+
+def test_a_deleted_id_scheduled_again_in_the_same_commit_is_a_new_task(
+    store: TaskStore,
+) -> None:
+    # Restoring a log that holds a tombstone and then a new TaskScheduled for
+    # the same id: the new seq 1 must not lose against the old row's seq 7.
+    store.commit([task("t", S.CANCELLED, 7, None, finished_at=40)], 3)
+    reborn = task("t", S.NEW, 1, 500)
+    store.commit([reborn], 5, deleted=["t"])
+    assert store.get("t") == reborn
+    assert store.finished_by(10**6, 10) == []
+    assert store.due_ready(Q, 10**6, 10) == [(500, "t")]
+    assert store.counts() == {(*Q, "new"): 1}
+    assert store.waiting() == {Q: 1}
+    # ... and the same with replace_equal, as the restore passes it.
+    store.commit([task("t", S.SUCCESS, 2, None, finished_at=600)], 6)
+    again = task("t", S.NEW, 1, 700)
+    store.commit([again], 7, replace_equal=True, deleted=["t"])
+    assert store.get("t") == again
+    assert store.finished_by(10**6, 10) == []
+
+
+def test_deleted_ids_are_validated_and_nothing_is_written(store: TaskStore) -> None:
+    store.commit([task("a", S.SUCCESS, 1, None, finished_at=1)], 1)
+    with pytest.raises(ValueError, match="NUL"):
+        store.commit([task("b")], 2, deleted=["a", "x\x00y"])
+    assert store.get("a") is not None
+    assert store.get("b") is None
+    assert store.last_offset() == 1
+
+
+def test_the_finished_index_orders_bounds_limits_and_separates_dead_letters(
+    store: TaskStore,
+) -> None:
+    store.commit(
+        [
+            task("s", S.SUCCESS, 3, None, finished_at=300),
+            task("f", S.FATAL_FAILURE, 3, None, finished_at=100),
+            task("c", S.CANCELLED, 2, None, finished_at=200),
+            task("b", S.DROPPED, 2, None, finished_at=200),
+            task("neg", S.SUCCESS, 2, None, finished_at=-5),
+            task("d1", S.DEAD_LETTERED, 6, None, finished_at=150),
+            task("d0", S.DEAD_LETTERED, 6, None, finished_at=50),
+            task("live", S.NEW, 1, 10),
+            task("odd", S.PROCESSING, 3, 20, finished_at=1),  # live: never indexed
+            task("no-time", S.SUCCESS, 3, None),  # no finished_at: nothing to expire by
+        ],
+        None,
+    )
+    assert store.finished_by(200, 10) == [(-5, "neg"), (100, "f"), (200, "b"), (200, "c")]
+    assert store.finished_by(199, 10) == [(-5, "neg"), (100, "f")]
+    assert store.finished_by(300, 2) == [(-5, "neg"), (100, "f")]
+    assert store.finished_by(300, 0) == []
+    assert store.finished_by(-6, 10) == []
+    assert store.finished_by(-(2**64), 10) == []
+    assert store.finished_by(2**63 - 1, 10)[-1] == (300, "s")
+    assert store.finished_by(2**64, 10)[-1] == (300, "s")
+    assert store.finished_by(149, 10, dead_letters=True) == [(50, "d0")]
+    assert store.finished_by(10**6, 10, dead_letters=True) == [(50, "d0"), (150, "d1")]
+    # The finished index is apart from the triggers.
+    assert store.next_trigger() == 10
+    assert store.due_timeouts(10**6, 10) == [(20, "odd")]
+
+
+def test_a_terminal_snapshot_with_a_trigger_is_finished_but_never_due(store: TaskStore) -> None:
+    store.commit([task("a", S.SUCCESS, 2, 100, finished_at=90)], None)
+    assert store.finished_by(90, 10) == [(90, "a")]
+    assert store.due_timeouts(10**9, 10) == []
+    assert store.due_ready(Q, 10**9, 10) == []
+    assert store.next_trigger() is None
+
+
+def test_a_redriven_dead_letter_leaves_the_finished_index(store: TaskStore) -> None:
+    store.commit([task("t", S.DEAD_LETTERED, 5, None, finished_at=100)], 1)
+    assert store.finished_by(100, 10, dead_letters=True) == [(100, "t")]
+    store.commit([task("t", S.NEW, 6, 300)], 2)  # TaskRedriven clears finished_at
+    assert store.finished_by(10**6, 10, dead_letters=True) == []
+    assert store.finished_by(10**6, 10) == []
+    assert store.due_ready(Q, 10**6, 10) == [(300, "t")]
+    store.commit([task("t", S.SUCCESS, 9, None, finished_at=400)], 3)
+    assert store.finished_by(10**6, 10) == [(400, "t")]
+    assert store.finished_by(10**6, 10, dead_letters=True) == []
+
+
+def test_finished_tasks_earlier_than_every_earlier_scan_are_still_found(
+    store: TaskStore,
+) -> None:
+    # The processor scans this index on every poll and deletes from its front;
+    # a store that starts its scans where the last one ended must still see
+    # entries that arrive in front of it (a clock that went back, a restore).
+    live: dict[str, int] = {}
+    for step in range(30):
+        at = 1_000 + step * 10
+        store.commit([task(f"a{step}", S.SUCCESS, 2, None, finished_at=at)], None)
+        live[f"a{step}"] = at
+        assert store.finished_by(at - 5, 100) == sorted(
+            (t, i) for i, t in live.items() if t <= at - 5
+        )
+        oldest = min(live, key=lambda i: live[i])
+        store.commit([], None, deleted=[oldest])
+        del live[oldest]
+        store.commit([task(f"b{step}", S.CANCELLED, 2, None, finished_at=900 - step)], None)
+        live[f"b{step}"] = 900 - step
+        assert store.finished_by(10**6, 1) == [min((t, i) for i, t in live.items())]
+    assert store.finished_by(10**6, 100) == sorted((t, i) for i, t in live.items())
+    assert store.finished_by(10**6, 100, dead_letters=True) == []
+
+
 # -- against a model, and Rocks against Memory ----------------------------------------
 
 IDS = ["t0", "t1", "t2", "é", "\U0001f600"]
@@ -422,7 +589,7 @@ COLLECTIONS = ["x", "y"]
 READY_QUEUES = [(q[0], c, q[1]) for q in QUEUES for c in COLLECTIONS]
 
 snapshots = st.builds(
-    lambda task_id, status, seq, trigger, queue, collection: task(
+    lambda task_id, status, seq, trigger, queue, collection, finished_at: task(
         task_id,
         status,
         seq,
@@ -432,6 +599,8 @@ snapshots = st.builds(
         priority=queue[1],
         collection=collection,
         payload=task_id.encode() * seq,
+        # Terminal ones mostly with a finish time, live ones mostly without.
+        finished_at=finished_at if status.terminal or seq % 4 == 0 else None,
     ),
     st.sampled_from(IDS),
     st.sampled_from(list(S)),
@@ -439,9 +608,14 @@ snapshots = st.builds(
     st.one_of(st.none(), st.integers(0, 100)),
     st.sampled_from(QUEUES),
     st.sampled_from(COLLECTIONS),
+    st.one_of(st.none(), st.integers(0, 100), st.integers(0, 100)),
 )
 batches = st.lists(
-    st.tuples(st.lists(snapshots, max_size=6), st.one_of(st.none(), st.integers(-1, 30))),
+    st.tuples(
+        st.lists(snapshots, max_size=6),
+        st.one_of(st.none(), st.integers(-1, 30)),
+        st.lists(st.sampled_from(IDS), max_size=3),
+    ),
     min_size=1,
     max_size=12,
 )
@@ -457,7 +631,16 @@ def _observe(s: TaskStore) -> dict[str, object]:
         "ready": {q: s.due_ready(q, 2**62, 1000) for q in READY_QUEUES},
         "next": s.next_trigger(),
         "offset": s.last_offset(),
+        "finished": {
+            (dead, at): s.finished_by(at, 1000, dead_letters=dead)
+            for dead in (False, True)
+            for at in FINISHED_CUTS
+        },
     }
+
+
+FINISHED_CUTS = (-1, 0, 37, 100, 2**62)
+"""The ``at`` of every ``finished_by`` the model test asks."""
 
 
 def _expected(model: dict[str, Task], offset: int) -> dict[str, object]:
@@ -497,13 +680,25 @@ def _expected(model: dict[str, Task], offset: int) -> dict[str, object]:
         "ready": ready,
         "next": min(triggers, default=None),
         "offset": offset,
+        "finished": {
+            (dead, at): sorted(
+                (t.finished_at, t.task_id)
+                for t in model.values()
+                if t.status.terminal
+                and t.finished_at is not None
+                and t.finished_at <= at
+                and (t.status is S.DEAD_LETTERED) == dead
+            )
+            for dead in (False, True)
+            for at in FINISHED_CUTS
+        },
     }
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batches)
 def test_random_commit_sequences_keep_the_invariants(
-    sequence: list[tuple[list[Task], int | None]],
+    sequence: list[tuple[list[Task], int | None, list[str]]],
 ) -> None:
     model: dict[str, Task] = {}
     offset = -1
@@ -511,14 +706,17 @@ def test_random_commit_sequences_keep_the_invariants(
         memory = MemoryTaskStore()
         rocks = RocksTaskStore.open(Path(tmp) / "db", cache_size=2)
         try:
-            for tasks, events_offset in sequence:
+            for tasks, events_offset, deleted in sequence:
+                # Deletions first; the snapshots then apply to what is left.
+                for task_id in deleted:
+                    model.pop(task_id, None)
                 for t in tasks:
                     if t.task_id not in model or t.seq > model[t.task_id].seq:
                         model[t.task_id] = t
                 if events_offset is not None:
                     offset = max(offset, events_offset)
-                memory.commit(tasks, events_offset)
-                rocks.commit(iter(tasks), events_offset)
+                memory.commit(tasks, events_offset, deleted=deleted)
+                rocks.commit(iter(tasks), events_offset, deleted=iter(deleted))
                 expected = _expected(model, offset)
                 assert _observe(memory) == expected
                 assert _observe(rocks) == expected
@@ -540,10 +738,13 @@ def test_reopening_keeps_rows_indexes_counters_and_offset(tmp_path: Path) -> Non
             [
                 task("a", S.NEW, 1, 100, lambda_name="l", priority=1),
                 task("b", S.ENQUEUED, 2, 200),
-                task("c", S.SUCCESS, 5, None),
+                task("c", S.SUCCESS, 5, None, finished_at=70),
+                task("d", S.DEAD_LETTERED, 5, None, finished_at=80),
+                task("gone", S.SUCCESS, 5, None, finished_at=60),
             ],
-            41,
+            40,
         )
+        s.commit([], 41, deleted=["gone"])
         before = _observe_all(s)
     with RocksTaskStore.open(path) as s:
         assert _observe_all(s) == before
@@ -551,6 +752,9 @@ def test_reopening_keeps_rows_indexes_counters_and_offset(tmp_path: Path) -> Non
         assert s.waiting() == {("l", "marketing", 1): 1}
         assert s.last_offset() == 41
         assert s.next_trigger() == 100
+        assert s.finished_by(100, 10) == [(70, "c")]
+        assert s.finished_by(100, 10, dead_letters=True) == [(80, "d")]
+        assert s.get("gone") is None
 
 
 def _observe_all(s: TaskStore) -> dict[str, object]:
@@ -562,6 +766,8 @@ def _observe_all(s: TaskStore) -> dict[str, object]:
         "ready": s.due_ready(("l", "marketing", 1), 2**62, 100),
         "offset": s.last_offset(),
         "next": s.next_trigger(),
+        "finished": s.finished_by(2**62, 100),
+        "dead": s.finished_by(2**62, 100, dead_letters=True),
     }
 
 
@@ -614,8 +820,11 @@ def test_another_format_version_is_refused_and_rebuilt(
     path = tmp_path / "db"
     with RocksTaskStore.open(path) as s:
         s.commit([task()], 3)
-    monkeypatch.setattr(store_module, "FORMAT_VERSION", 3)
-    with pytest.raises(StoreError, match="format version b'2', this build reads version 3"):
+    monkeypatch.setattr(store_module, "FORMAT_VERSION", FORMAT_VERSION + 1)
+    with pytest.raises(
+        StoreError,
+        match=f"format version b'{FORMAT_VERSION}', this build reads version {FORMAT_VERSION + 1}",
+    ):
         RocksTaskStore.open(path)
     s, rebuilt = open_or_rebuild(path)
     with s:
