@@ -42,7 +42,10 @@ History
 -------
 ``History`` and ``GetTask`` with ``as_of_ms`` read the task's task-events
 partition (``atf_es.history``): every transition inside the audit window.
-``Watch`` answers ``UNIMPLEMENTED`` for now.
+``Watch`` streams status events (``atf_es.subscription``, no consumer
+group): of one task, ending after its terminal transition, or of every task
+the filters select; a client resuming a broken stream passes the last
+``at_ms`` it saw as ``from_ms``. At most ``MAX_WATCHES`` at once.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ from atf_es.clock import now_ms
 from atf_es.events import (
     CancelTask,
     Command,
+    Event,
     LambdaPolicy,
     QueryTask,
     ScheduleTask,
@@ -78,7 +82,7 @@ from atf_es.events import (
 from atf_es.events.policy import COLLECTION_NAME, DEFAULT_COLLECTION, LAMBDA_NAME
 from atf_es.events.records import EVENT_DETAIL_FIELDS, EVENT_KINDS
 from atf_es.events.replies import Reply, ReplyCode
-from atf_es.history import Recorded, read_task_events
+from atf_es.history import Recorded, partition_of, read_task_events
 from atf_es.services.admin import AdminService
 from atf_es.services.control import ControlView
 from atf_es.services.gateway import (
@@ -92,13 +96,18 @@ from atf_es.services.grpc_server import GrpcServer, abort
 from atf_es.services.hsc import REPLY_CODE_KEY
 from atf_es.services.partition import Limits, max_payload_bytes
 from atf_es.services.quota import OverQuota, Quotas
+from atf_es.subscription import Start, Subscription, SubscriptionError, subscribe
 
 MAX_ID_LENGTH = 200
 MAX_REASON_CHARS = 4_000
 MAX_BATCH = 1000
 MAX_TIME_MS = 253_402_300_800_000
 """Year 10000: a bound that keeps ``now + delay`` far from overflowing a long."""
-HISTORY_UNIMPLEMENTED = "arrives with the audit issue (History/Watch)"
+WATCH_POLL_S = 0.2
+"""How often a Watch stream checks that its client is still there."""
+WATCH_MEMORY = 10_000
+MAX_WATCHES = 16
+"""Watch streams a Frontend serves at once: each holds one of its 32 gRPC threads."""
 RETRY_AFTER_KEY = "atf-retry-after-ms"
 """Trailing metadata of a ``RESOURCE_EXHAUSTED``: milliseconds until a retry is admitted."""
 
@@ -149,29 +158,33 @@ def history_to_proto(recorded: Sequence[Recorded]) -> list[common_pb2.HistoryEnt
     entries = []
     previous: int | None = None
     for item in recorded:
-        event = item.event
-        cause = common_pb2.Cause(
-            kind=common_pb2.CauseKind.Value(f"CAUSE_KIND_{event.cause.kind.name}"),
-            name=event.cause.name,
-        )
-        if event.cause.command_id is not None:
-            cause.command_id = event.cause.command_id
-        entry = common_pb2.HistoryEntry(
-            seq=event.seq,
-            kind=common_pb2.EventKind.Value(f"EVENT_KIND_{EVENT_KINDS[type(event)]}"),
-            at_ms=event.at,
-            cause=cause,
-            status=common_pb2.TaskStatus.Value(f"TASK_STATUS_{item.task.status.name}"),
-            since_previous_ms=0 if previous is None else event.at - previous,
-        )
-        required, nullable = EVENT_DETAIL_FIELDS[type(event)]
-        for name in (*required, *nullable):
-            value = getattr(event, name)
-            if value is not None and name != "result":
-                setattr(entry, _HISTORY_FIELDS.get(name, name), value)
-        entries.append(entry)
-        previous = event.at
+        entries.append(history_entry(item.event, item.task, previous))
+        previous = item.event.at
     return entries
+
+
+def history_entry(event: Event, task: Task, previous_at: int | None) -> common_pb2.HistoryEntry:
+    """One transition for gRPC; ``previous_at``: when the task's transition before it was."""
+    cause = common_pb2.Cause(
+        kind=common_pb2.CauseKind.Value(f"CAUSE_KIND_{event.cause.kind.name}"),
+        name=event.cause.name,
+    )
+    if event.cause.command_id is not None:
+        cause.command_id = event.cause.command_id
+    entry = common_pb2.HistoryEntry(
+        seq=event.seq,
+        kind=common_pb2.EventKind.Value(f"EVENT_KIND_{EVENT_KINDS[type(event)]}"),
+        at_ms=event.at,
+        cause=cause,
+        status=common_pb2.TaskStatus.Value(f"TASK_STATUS_{task.status.name}"),
+        since_previous_ms=0 if previous_at is None else event.at - previous_at,
+    )
+    required, nullable = EVENT_DETAIL_FIELDS[type(event)]
+    for name in (*required, *nullable):
+        value = getattr(event, name)
+        if value is not None and name != "result":
+            setattr(entry, _HISTORY_FIELDS.get(name, name), value)
+    return entry
 
 
 _HISTORY_FIELDS = {"deadline": "deadline_ms", "retry_at": "retry_at_ms", "run_at": "run_at_ms"}
@@ -235,6 +248,8 @@ class FrontendService(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
         self.payload_limit = max_payload_bytes(Limits(max_record_bytes=gateway.max_record_bytes))
         # ControlView is a single consumer and a plain dict: one reader at a time.
         self.control_lock = threading.Lock()
+        self._watches = 0
+        """Watch streams open now (each holds a gRPC worker thread)."""
 
     # -- helpers ---------------------------------------------------------
 
@@ -577,7 +592,81 @@ class FrontendService(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
     def Watch(
         self, request: frontend_pb2.WatchRequest, context: grpc.ServicerContext
     ) -> Iterator[frontend_pb2.WatchResponse]:
-        abort(context, grpc.StatusCode.UNIMPLEMENTED, HISTORY_UNIMPLEMENTED)
+        subscription = self._watch_subscription(request, context)
+        previous: dict[str, int] = {}
+        """When each task's last transition streamed was (bounded: cleared when full)."""
+        try:
+            while context.is_active():
+                for status in subscription.poll(WATCH_POLL_S):
+                    event = status.event
+                    if len(previous) >= WATCH_MEMORY:
+                        previous.clear()
+                    entry = history_entry(event, status.task, previous.get(event.task_id))
+                    previous[event.task_id] = event.at
+                    yield frontend_pb2.WatchResponse(entry=entry, task=task_to_proto(status.task))
+                    if request.task_id and status.task.status.terminal:
+                        return
+        finally:
+            subscription.close()
+            with self.control_lock:
+                self._watches -= 1
+
+    def _watch_subscription(
+        self, request: frontend_pb2.WatchRequest, context: grpc.ServicerContext
+    ) -> Subscription:
+        if len(request.task_id) > MAX_ID_LENGTH:
+            abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"task_id must be at most {MAX_ID_LENGTH} characters, got {len(request.task_id)}",
+            )
+        if request.from_start and request.HasField("from_ms"):
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, "give from_start or from_ms, not both")
+        start: Start = "latest"
+        if request.from_start:
+            start = "earliest"
+        elif request.HasField("from_ms"):
+            start = request.from_ms
+        statuses = [
+            common_pb2.TaskStatus.Name(s).removeprefix("TASK_STATUS_").lower()
+            for s in request.statuses
+        ]
+        if "unspecified" in statuses:
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, "statuses: TASK_STATUS_UNSPECIFIED")
+        settings = self.control.settings
+        with self.control_lock:
+            if self._watches >= MAX_WATCHES:
+                abort(
+                    context,
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"this Frontend serves at most {MAX_WATCHES} Watch streams at once; "
+                    "retry later, or follow the task-events topic (docs/consumers.md)",
+                )
+            self._watches += 1
+        try:
+            return subscribe(
+                None,
+                task_ids=[request.task_id] if request.task_id else None,
+                partitions=(
+                    [partition_of(request.task_id, settings.partitions)]
+                    if request.task_id
+                    else None
+                ),
+                lambdas=list(request.lambdas) or None,
+                collections=list(request.collections) or None,
+                statuses=statuses or None,
+                from_=start,
+                settings=settings,
+                bootstrap=self.control.bootstrap,
+            )
+        except BaseException as exc:
+            with self.control_lock:
+                self._watches -= 1
+            if isinstance(exc, ValueError):
+                abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            if isinstance(exc, (SubscriptionError, KafkaException)):
+                abort(context, grpc.StatusCode.UNAVAILABLE, f"cannot follow task events: {exc}")
+            raise
 
 
 _GATEABLE = frozenset({TaskStatus.NEW, TaskStatus.ENQUEUED, TaskStatus.RETRIABLE_FAILURE})
@@ -662,7 +751,7 @@ def frontend_server(gateway: CommandGateway, control: ControlView, address: str)
 
 
 __all__ = [
-    "HISTORY_UNIMPLEMENTED",
+    "MAX_WATCHES",
     "RETRY_AFTER_KEY",
     "FrontendService",
     "frontend_server",

@@ -21,6 +21,7 @@ from atf_es import kafka_clients
 from atf_es.app import App, RetriableError, TaskContext
 from atf_es.cli import main
 from atf_es.client import Client, HistoryEntry, TaskNotFound
+from atf_es.clock import now_ms
 from atf_es.config import Settings
 from atf_es.events import TaskStatus
 from atf_es.history import murmur2, partition_of
@@ -274,3 +275,49 @@ def test_an_id_reused_after_its_tombstone_shows_only_its_new_life(settings: Sett
         b"first",
         b"first",
     ]
+
+
+def test_watch_follows_one_task_to_its_end_and_filters_a_live_stream(
+    deployment: Deployment,
+) -> None:
+    import grpc
+
+    from atf_es._proto.atf.v1 import common_pb2, frontend_pb2, frontend_pb2_grpc
+
+    atf = deployment.client
+    task_id = atf.schedule("twice")
+    with grpc.insecure_channel(deployment.frontend) as channel:
+        stub = frontend_pb2_grpc.FrontendStub(channel)
+        # One task, from its start: the stream ends after the terminal transition.
+        one = list(
+            stub.Watch(frontend_pb2.WatchRequest(task_id=task_id, from_start=True), timeout=60)
+        )
+        assert [m.entry.seq for m in one] == list(range(1, len(one) + 1))
+        assert one[-1].task.status == common_pb2.TASK_STATUS_SUCCESS
+        history = atf.history(task_id)
+        assert [common_pb2.EventKind.Name(m.entry.kind) for m in one] == [
+            f"EVENT_KIND_{h.kind}" for h in history
+        ]
+
+        # Every task of the lambda, only successes, from a time: three new tasks,
+        # three messages (from_ms, not "latest", so that nothing races the stream).
+        live = stub.Watch(
+            frontend_pb2.WatchRequest(
+                lambdas=["twice"], statuses=[common_pb2.TASK_STATUS_SUCCESS], from_ms=now_ms()
+            ),
+            timeout=90,
+        )
+        scheduled = {atf.schedule("twice") for _ in range(3)}
+        got = [next(live) for _ in range(3)]
+        live.cancel()
+        assert {m.task.task_id for m in got} == scheduled
+        assert {m.task.status for m in got} == {common_pb2.TASK_STATUS_SUCCESS}
+        assert all(m.entry.kind == common_pb2.EVENT_KIND_TASK_SUCCEEDED for m in got)
+
+        with pytest.raises(grpc.RpcError) as refused:
+            list(
+                stub.Watch(
+                    frontend_pb2.WatchRequest(task_id="x", from_start=True, from_ms=1), timeout=10
+                )
+            )
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]

@@ -114,12 +114,20 @@ class HistoryResponse(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[_common_pb2.HistoryEntry, _Mapping]]] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("task_id", "from_start")
+    __slots__ = ("task_id", "from_start", "lambdas", "collections", "statuses", "from_ms")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     FROM_START_FIELD_NUMBER: _ClassVar[int]
+    LAMBDAS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
+    FROM_MS_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     from_start: bool
-    def __init__(self, task_id: _Optional[str] = ..., from_start: _Optional[bool] = ...) -> None: ...
+    lambdas: _containers.RepeatedScalarFieldContainer[str]
+    collections: _containers.RepeatedScalarFieldContainer[str]
+    statuses: _containers.RepeatedScalarFieldContainer[_common_pb2.TaskStatus]
+    from_ms: int
+    def __init__(self, task_id: _Optional[str] = ..., from_start: _Optional[bool] = ..., lambdas: _Optional[_Iterable[str]] = ..., collections: _Optional[_Iterable[str]] = ..., statuses: _Optional[_Iterable[_Union[_common_pb2.TaskStatus, str]]] = ..., from_ms: _Optional[int] = ...) -> None: ...
 
 class WatchResponse(_message.Message):
     __slots__ = ("entry", "task")

@@ -108,7 +108,8 @@ class FrontendServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Watch(self, request, context):
-        """Follows a task: one message per transition, ending after a terminal one.
+        """Follows status events: of one task (ending after its terminal
+        transition), or of every task the filters select (until cancelled).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
