@@ -7,6 +7,7 @@ import dataclasses
 import getpass
 import json
 import logging
+import re
 import signal
 import sys
 import textwrap
@@ -27,7 +28,14 @@ from atf_es.broker import (
     connect,
     ensure_topics,
 )
-from atf_es.client import AtfError, Client
+from atf_es.client import (
+    AtfError,
+    Client,
+    DeadLetterCount,
+    DeadLetterFilter,
+    TaskInfo,
+    TaskNotFound,
+)
 from atf_es.config import (
     ENV_CONFIG_FILE,
     ENV_KAFKA_PREFIX,
@@ -37,6 +45,7 @@ from atf_es.config import (
     load_settings,
 )
 from atf_es.devrun import DEMO_APP, System, run_demo, start_system
+from atf_es.events.status import TaskStatus
 from atf_es.projections.replay import ProgressPrinter, ReplayError, replay, replay_and_verify
 from atf_es.projections.store import StoreError
 from atf_es.services.control import ControlView
@@ -390,7 +399,99 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--json", action="store_true", help="print JSON")
     _frontend_option(gate)
     gate.set_defaults(handler=_cmd_gate)
+
+    dlq = sub(
+        "dlq",
+        "list, inspect and redrive dead-lettered tasks",
+        "A task that fails every attempt ends dead_lettered with its last error. "
+        "'list' shows them (oldest first, filtered by lambda, collection, error text "
+        "and time) with the counts per lambda; 'show' prints one with its failures; "
+        "'redrive' gives tasks a fresh set of attempts once the bug is fixed: the "
+        "tasks named, a filtered set of one lambda, or all of a lambda. See "
+        "docs/dead-letters.md.",
+    )
+    actions = dlq.add_subparsers(dest="dlq_action", metavar="ACTION", required=True)
+
+    def dlq_sub(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        child = actions.add_parser(
+            name,
+            help=help_text,
+            description=textwrap.fill(description, 79),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        _common_options(child, suppress=True)
+        _frontend_option(child)
+        return child
+
+    dlq_list = dlq_sub(
+        "list",
+        "list dead letters, oldest first, with the counts per lambda",
+        "List dead-lettered tasks, oldest first (by when they were dead-lettered), "
+        "after a summary line with the counts per lambda.",
+    )
+    dlq_list.add_argument("lambda_name", nargs="?", metavar="LAMBDA", help="only this lambda's")
+    _dlq_filter_options(dlq_list)
+    dlq_list.add_argument(
+        "--limit",
+        type=int,
+        default=50,
+        metavar="N",
+        help="show at most N tasks (default 50; 0: all)",
+    )
+    dlq_list.add_argument(
+        "--counts", action="store_true", help="print only the counts per lambda and collection"
+    )
+    dlq_list.add_argument("--json", action="store_true", help="print JSON")
+    dlq_list.set_defaults(handler=_cmd_dlq_list)
+
+    dlq_show = dlq_sub(
+        "show",
+        "show a dead letter: its last error, attempts, failures and redrives",
+        "Print a task with its last error in full, its attempts, when it was "
+        "dead-lettered, and from its history every failure and earlier redrive. "
+        "Exit status 1 if the task is not dead-lettered (it is still printed).",
+    )
+    dlq_show.add_argument("task_id", metavar="TASK_ID")
+    dlq_show.add_argument("--json", action="store_true", help="print JSON")
+    dlq_show.set_defaults(handler=_cmd_dlq_show)
+
+    dlq_redrive = dlq_sub(
+        "redrive",
+        "give dead letters a fresh set of attempts",
+        "Redrive the tasks named, or a filtered set of one lambda's dead letters "
+        "(--lambda with --collection, --error, --since, --until), or all of a lambda "
+        "(--all-of): each goes back to new, due at once, with 0 attempts, and its "
+        "history records who (--by) and why (--reason, required). A set (--lambda, "
+        "--all-of) needs --yes; without it the command only says how many tasks it "
+        "would redrive. Exit status 1 if any task was not redriven.",
+    )
+    dlq_redrive.add_argument("task_ids", nargs="*", metavar="TASK_ID", help="the tasks to redrive")
+    dlq_redrive.add_argument(
+        "--lambda", dest="lambda_name", metavar="LAMBDA", help="a filtered set of this lambda"
+    )
+    dlq_redrive.add_argument("--all-of", metavar="LAMBDA", help="every dead letter of LAMBDA")
+    _dlq_filter_options(dlq_redrive)
+    dlq_redrive.add_argument("--reason", default="", help="why (required; kept in the history)")
+    dlq_redrive.add_argument("--by", default="", help="who (default: your user name)")
+    dlq_redrive.add_argument("--yes", action="store_true", help="redrive the set, do not preview")
+    dlq_redrive.set_defaults(handler=_cmd_dlq_redrive)
     return parser
+
+
+def _dlq_filter_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--collection", metavar="C", help="only this collection")
+    parser.add_argument(
+        "--error", metavar="TEXT", help="only tasks whose last error contains TEXT (any case)"
+    )
+    parser.add_argument(
+        "--since",
+        metavar="TIME",
+        help="only tasks dead-lettered at or after TIME: ISO 8601 with a time zone, epoch "
+        "milliseconds, or an age such as 90s, 15m, 2h, 7d",
+    )
+    parser.add_argument(
+        "--until", metavar="TIME", help="only tasks dead-lettered before TIME (as --since)"
+    )
 
 
 def _frontend_option(parser: argparse.ArgumentParser) -> None:
@@ -802,6 +903,264 @@ def _cmd_gate(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(gate.set_at_ms / 1000))
         reason = f"  {gate.reason}" if gate.reason else ""
         print(f"{gate.name:<40} {gate.action:<6} {when} UTC  by {gate.set_by}{reason}", file=out)
+    return EXIT_OK
+
+
+_AGE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
+_AGE_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _parse_when(text: str) -> int | None:
+    """``_parse_time``, or an age before now (``90s``, ``15m``, ``2h``, ``7d``); None if neither."""
+    age = _AGE.fullmatch(text.strip().lower())
+    if age is not None:
+        return round(time.time() * 1000 - float(age[1]) * _AGE_SECONDS[age[2]] * 1000)
+    return _parse_time(text)
+
+
+def _dlq_times(args: argparse.Namespace, command: str) -> tuple[int | None, int | None] | None:
+    """``--since`` and ``--until`` as epoch ms; None (after saying why) if one is not a time."""
+    times: list[int | None] = []
+    for flag, text in (("--since", args.since), ("--until", args.until)):
+        if text is None:
+            times.append(None)
+            continue
+        when = _parse_when(text)
+        if when is None:
+            print(
+                f"atf-es dlq {command}: {flag} {text!r} is not a time: give ISO 8601 with a "
+                "time zone (2026-11-29T15:30:00Z), epoch milliseconds or an age (2h, 7d)",
+                file=sys.stderr,
+            )
+            return None
+        times.append(when)
+    return times[0], times[1]
+
+
+def _first_line(text: str | None, width: int = 60) -> str:
+    line = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
+def _counts_line(counts: dict[str, DeadLetterCount], lambda_name: str | None) -> str:
+    if lambda_name is not None:
+        count = counts.get(lambda_name)
+        if count is None:
+            return f"dead letters of {lambda_name}: none"
+        parts = ", ".join(f"{c} {n}" for c, n in count.by_collection.items())
+        return f"dead letters of {lambda_name}: {count.count} ({parts})"
+    if not counts:
+        return "dead letters: none"
+    total = sum(count.count for count in counts.values())
+    parts = ", ".join(f"{name} {count.count}" for name, count in counts.items())
+    return f"dead letters: {parts} ({total} in all)"
+
+
+def _cmd_dlq_list(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    times = _dlq_times(args, "list")
+    if times is None:
+        return EXIT_USAGE
+    if args.limit < 0:
+        print(f"atf-es dlq list: --limit must not be negative, got {args.limit}", file=sys.stderr)
+        return EXIT_USAGE
+    since, until = times
+    with Client(args.frontend or settings.frontend_address) as client:
+        counts = client.dead_letter_counts(args.lambda_name)
+        if args.counts:
+            return _print_counts(counts, args.json, out)
+        filters: dict[str, Any] = {
+            "collection": args.collection,
+            "error_contains": args.error,
+            "after": since,
+            "before": until,
+        }
+        limit = args.limit or None
+        page = client.dead_letter_page(
+            args.lambda_name, page_size=min(limit or 1000, 1000), **filters
+        )
+        total, tasks, token = page.total, list(page.tasks), page.next_page_token
+        while token and (limit is None or len(tasks) < limit):
+            size = 1000 if limit is None else min(1000, limit - len(tasks))
+            page = client.dead_letter_page(
+                args.lambda_name, page_size=size, page_token=token, **filters
+            )
+            tasks += page.tasks
+            token = page.next_page_token
+    if args.json:
+        document = {
+            "counts": {name: dataclasses.asdict(count) for name, count in counts.items()},
+            "matching": total,
+            "tasks": [_task_json(task) for task in tasks],
+        }
+        print(json.dumps(document, indent=2), file=out)
+        return EXIT_OK
+    print(_counts_line(counts, args.lambda_name), file=out)
+    if not tasks:
+        print("no dead letters match", file=out)
+        return EXIT_OK
+    print(
+        f"{'task_id':<32}  {'lambda':<16} {'collection':<14} {'attempts':>8}  "
+        f"{'dead-lettered (UTC)':<23}  last error",
+        file=out,
+    )
+    for task in tasks:
+        print(
+            f"{task.task_id:<32}  {task.lambda_name:<16} {task.collection:<14} "
+            f"{task.attempts:>8}  {_utc(task.finished_at_ms or 0):<23}  "
+            f"{_first_line(task.last_error)}",
+            file=out,
+        )
+    shown = f"{len(tasks)} of {total}" if len(tasks) < total else f"all {total}"
+    more = " (--limit N to see more, 0 for all)" if len(tasks) < total else ""
+    print(f"showing {shown} matching dead letters{more}", file=out)
+    return EXIT_OK
+
+
+def _print_counts(counts: dict[str, DeadLetterCount], as_json: bool, out: TextIO) -> int:
+    if as_json:
+        document = {name: dataclasses.asdict(count) for name, count in counts.items()}
+        print(json.dumps(document, indent=2), file=out)
+        return EXIT_OK
+    if not counts:
+        print("no dead letters", file=out)
+        return EXIT_OK
+    print(
+        f"{'lambda':<24} {'count':>7}  {'oldest (UTC)':<23}  {'newest (UTC)':<23}  by collection",
+        file=out,
+    )
+    for name, count in counts.items():
+        collections = ", ".join(f"{c} {n}" for c, n in count.by_collection.items())
+        print(
+            f"{name:<24} {count.count:>7}  {_utc(count.oldest_at_ms):<23}  "
+            f"{_utc(count.newest_at_ms):<23}  {collections}",
+            file=out,
+        )
+    return EXIT_OK
+
+
+def _task_json(task: TaskInfo) -> dict[str, Any]:
+    return {
+        name: (value.decode("utf-8", "replace") if isinstance(value, bytes) else value)
+        for name, value in dataclasses.asdict(task).items()
+    } | {"status": task.status.value}
+
+
+def _cmd_dlq_show(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    with Client(args.frontend or settings.frontend_address) as client:
+        info = client.get(args.task_id)
+        history_problem = None
+        try:
+            entries = client.history(args.task_id)
+        except TaskNotFound as exc:
+            entries, history_problem = [], exc.message
+    dead = info.status is TaskStatus.DEAD_LETTERED
+    failures = [e for e in entries if e.error is not None]
+    redrives = [e for e in entries if e.kind == "TASK_REDRIVEN"]
+    if args.json:
+        document = {
+            "task": _task_json(info),
+            "failures": [dataclasses.asdict(e) | {"status": e.status.value} for e in failures],
+            "redrives": [dataclasses.asdict(e) | {"status": e.status.value} for e in redrives],
+        }
+        print(json.dumps(document, indent=2), file=out)
+    else:
+        print(f"task {info.task_id}: {info.status.value}", file=out)
+        rows = [
+            ("lambda", info.lambda_name),
+            ("collection", info.collection),
+            ("priority", str(info.priority)),
+            ("attempts", str(info.attempts)),
+            ("created", f"{_utc(info.created_at_ms)} UTC"),
+        ]
+        if info.finished_at_ms is not None:
+            label = "dead-lettered" if dead else "finished"
+            rows.append((label, f"{_utc(info.finished_at_ms)} UTC"))
+        for label, value in rows:
+            print(f"  {label + ':':<15}{value}", file=out)
+        error = (info.last_error or "-").rstrip()
+        lines = error.splitlines() or ["-"]
+        print(f"  {'last error:':<15}{lines[0]}", file=out)
+        for line in lines[1:]:
+            print(f"  {'':<15}{line}", file=out)
+        if history_problem is not None:
+            print(f"history: not available ({history_problem})", file=out)
+        else:
+            print(f"failures ({len(failures)}):", file=out)
+            for e in failures:
+                print(
+                    f"  {_utc(e.at_ms)}  {e.kind.lower():<20} {_first_line(e.error, 100)}",
+                    file=out,
+                )
+            for e in redrives:
+                print(
+                    f"redriven {_utc(e.at_ms)} UTC by {e.requested_by or '-'}: {e.reason or '-'}",
+                    file=out,
+                )
+    if not dead:
+        print(
+            f"atf-es dlq show: task {info.task_id} is not dead-lettered: its status is "
+            f"{info.status.value}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _cmd_dlq_redrive(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    def usage(message: str) -> int:
+        print(f"atf-es dlq redrive: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+    forms = [bool(args.task_ids), args.lambda_name is not None, args.all_of is not None]
+    if sum(forms) != 1:
+        return usage("name the tasks: TASK_ID..., or --lambda LAMBDA [filters], or --all-of LAMBDA")
+    narrowing = [args.collection, args.error, args.since, args.until]
+    if not forms[1] and any(value is not None for value in narrowing):
+        return usage("--collection, --error, --since and --until go with --lambda")
+    if not args.reason.strip():
+        return usage("--reason is required: say why (it is kept in each task's history)")
+    times = _dlq_times(args, "redrive")
+    if times is None:
+        return EXIT_USAGE
+    by = f"{args.by or _user()} (atf-es dlq)"
+    with Client(args.frontend or settings.frontend_address) as client:
+        if args.task_ids:
+            target: list[str] | DeadLetterFilter = list(args.task_ids)
+            described = f"{len(set(args.task_ids))} tasks"
+        else:
+            lambda_name = args.all_of if args.all_of is not None else args.lambda_name
+            target = DeadLetterFilter(lambda_name, args.collection, args.error, times[0], times[1])
+            scope = lambda_name + (f"/{args.collection}" if args.collection else "")
+            if not args.yes:
+                page = client.dead_letter_page(
+                    lambda_name,
+                    collection=args.collection,
+                    error_contains=args.error,
+                    after=times[0],
+                    before=times[1],
+                    page_size=1,
+                )
+                print(f"would redrive {page.total} dead letters of {scope}", file=out)
+                return usage("a set of dead letters is redriven only with --yes")
+            described = f"the dead letters of {scope}"
+        result = client.redrive(target, reason=args.reason, by=by)
+    if not result.replies:
+        print(f"nothing to redrive: no dead letters match ({described})", file=out)
+        return EXIT_OK
+    print(
+        f"redriven {len(result.redriven)} of {len(result.replies)} ({described}) by {by}: "
+        f"{args.reason}",
+        file=out,
+    )
+    for reply in result.refused:
+        print(f"  not redriven {reply.task_id}: {reply.code}: {reply.message}", file=out)
+    if result.refused:
+        print(
+            f"atf-es dlq redrive: {len(result.refused)} of {len(result.replies)} tasks were "
+            "not redriven (listed above)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     return EXIT_OK
 
 

@@ -1,8 +1,9 @@
 """The client SDK: schedule, inspect, cancel and wait for tasks over gRPC.
 
 ``Client`` is synchronous; ``AsyncClient`` has the same task methods for
-asyncio. The operator's gate methods (``pause``, ``drop``, ``resume``,
-``gates``, over ``atf.v1.Admin``) are on ``Client`` only.
+asyncio. The operator's methods over ``atf.v1.Admin`` (gates: ``pause``,
+``drop``, ``resume``, ``gates``; dead letters: ``dead_letters``,
+``dead_letter_counts``, ``redrive``) are on ``Client`` only.
 Both talk to the Frontend service and turn gRPC errors into a small typed
 hierarchy rooted at ``AtfError``, keeping the server's sentence::
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -44,6 +45,8 @@ REPLY_CODE_KEY = "atf-reply-code"
 RETRY_AFTER_KEY = "atf-retry-after-ms"
 """Trailing metadata of ``RESOURCE_EXHAUSTED`` (as ``atf_es.services.frontend`` sends it)."""
 _FIRST_INTERVAL = 0.02
+_MAX_REDRIVE = 1_000
+"""Most tasks one Redrive call takes (``atf_es.services.admin.MAX_REDRIVE``)."""
 _MAX_INTERVAL = 1.0
 
 
@@ -317,6 +320,131 @@ class GateInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class DeadLetterFilter:
+    """A set of dead letters of one lambda, for ``Client.redrive`` (and ``dead_letters``).
+
+    ``after`` and ``before`` (aware datetimes or epoch milliseconds) bound when
+    the task was dead-lettered: ``after <= finished_at < before``.
+    ``error_contains`` matches the last error, case-insensitively.
+    ``DeadLetterFilter("send_email")`` is every dead letter of the lambda.
+    """
+
+    lambda_name: str
+    collection: str | None = None
+    error_contains: str | None = None
+    after: datetime | int | None = None
+    before: datetime | int | None = None
+
+    def to_proto(self) -> admin_pb2.DeadLetterFilter:
+        message = admin_pb2.DeadLetterFilter(lambda_name=self.lambda_name)
+        _set_filters(message, self.collection, self.error_contains, self.after, self.before)
+        return message
+
+
+def _set_filters(
+    message: admin_pb2.DeadLetterFilter | admin_pb2.ListDeadLettersRequest,
+    collection: str | None,
+    error_contains: str | None,
+    after: datetime | int | None,
+    before: datetime | int | None,
+) -> None:
+    if collection is not None:
+        message.collection = collection
+    if error_contains is not None:
+        message.error_contains = error_contains
+    if after is not None:
+        message.dead_lettered_after_ms = _epoch_ms(after, "after")
+    if before is not None:
+        message.dead_lettered_before_ms = _epoch_ms(before, "before")
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterPage:
+    """One page of ``Client.dead_letter_page``."""
+
+    tasks: list[TaskInfo]
+    """Oldest first (by when they were dead-lettered), without payloads."""
+    next_page_token: str
+    """Pass it back for the next page; empty on the last."""
+    total: int
+    """How many dead letters the listing matches, on every page."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterCount:
+    """The dead letters of one lambda."""
+
+    lambda_name: str
+    count: int
+    by_collection: dict[str, int]
+    oldest_at_ms: int
+    """When the oldest of them was dead-lettered."""
+    newest_at_ms: int
+
+    @classmethod
+    def from_proto(cls, count: admin_pb2.DeadLetterCount) -> DeadLetterCount:
+        return cls(
+            lambda_name=count.lambda_name,
+            count=count.count,
+            by_collection=dict(sorted(count.by_collection.items())),
+            oldest_at_ms=count.oldest_at_ms,
+            newest_at_ms=count.newest_at_ms,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RedriveReply:
+    """What became of one task of a redrive."""
+
+    task_id: str
+    code: str
+    """The reply code: ``OK``, or why not (``WRONG_STATE``: not dead-lettered; ``NOT_FOUND``;
+    ``UNSPECIFIED``: no answer, e.g. Kafka or the processor was unavailable)."""
+    message: str
+
+    @property
+    def ok(self) -> bool:
+        return self.code == "OK"
+
+    @property
+    def error(self) -> AtfError | None:
+        """The refusal as the error a single call would raise; None if redriven."""
+        if self.ok:
+            return None
+        code = common_pb2.ReplyCode.Value(f"REPLY_CODE_{self.code}")
+        return _OUTCOME_ERRORS.get(code, AtfError)(self.message or self.code.lower())
+
+    @classmethod
+    def from_proto(cls, reply: common_pb2.CommandReply) -> RedriveReply:
+        return cls(
+            reply.task_id,
+            common_pb2.ReplyCode.Name(reply.code).removeprefix("REPLY_CODE_"),
+            reply.message,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RedriveResult:
+    """The outcome of ``Client.redrive``: one reply per task, in order."""
+
+    replies: list[RedriveReply]
+
+    @property
+    def redriven(self) -> list[str]:
+        """The tasks given a fresh set of attempts."""
+        return [r.task_id for r in self.replies if r.ok]
+
+    @property
+    def refused(self) -> list[RedriveReply]:
+        """The tasks not redriven, each with its reason."""
+        return [r for r in self.replies if not r.ok]
+
+    @property
+    def ok(self) -> bool:
+        return not self.refused
+
+
+@dataclass(frozen=True, slots=True)
 class TaskRequest:
     """One task for ``schedule_many``; the fields mean what ``Client.schedule``'s arguments do."""
 
@@ -385,11 +513,11 @@ def _outcome(result: frontend_pb2.ScheduleResult) -> ScheduleOutcome:
     return ScheduleOutcome(result.task_id, False, kind(result.message))
 
 
-def _epoch_ms(when: datetime | int) -> int:
+def _epoch_ms(when: datetime | int, name: str = "run_at") -> int:
     if isinstance(when, datetime):
         if when.tzinfo is None:
             raise InvalidArgument(
-                "run_at must be a timezone-aware datetime (e.g. datetime.now(UTC)) "
+                f"{name} must be a timezone-aware datetime (e.g. datetime.now(UTC)) "
                 "or epoch milliseconds"
             )
         return round(when.timestamp() * 1000)
@@ -525,6 +653,155 @@ class Client:
             request.lambda_name = lambda_name
         response = self._call(self._admin.ListGates, request)
         return [GateInfo.from_proto(gate) for gate in response.gates]
+
+    def dead_letter_page(
+        self,
+        lambda_name: str | None = None,
+        *,
+        collection: str | None = None,
+        error_contains: str | None = None,
+        after: datetime | int | None = None,
+        before: datetime | int | None = None,
+        page_size: int = 100,
+        page_token: str = "",
+    ) -> DeadLetterPage:
+        """One page of dead letters (of one lambda, or of all), oldest first.
+
+        The filters mean what ``DeadLetterFilter``'s do; pass the same ones
+        with the previous page's ``next_page_token`` for the next page.
+        ``UnknownLambda`` if the lambda is neither defined nor has dead letters.
+        """
+        request = admin_pb2.ListDeadLettersRequest(
+            lambda_name=lambda_name or "", page_size=page_size, page_token=page_token
+        )
+        _set_filters(request, collection, error_contains, after, before)
+        response = self._call(self._admin.ListDeadLetters, request)
+        return DeadLetterPage(
+            [TaskInfo.from_proto(task) for task in response.tasks],
+            response.next_page_token,
+            response.total_size,
+        )
+
+    def dead_letters(
+        self,
+        lambda_name: str | None = None,
+        *,
+        collection: str | None = None,
+        error_contains: str | None = None,
+        after: datetime | int | None = None,
+        before: datetime | int | None = None,
+        limit: int | None = None,
+        page_size: int = 100,
+    ) -> Iterator[TaskInfo]:
+        """Every matching dead letter (at most ``limit``), oldest first, page by page.
+
+        The first page is read before this returns, so a bad filter raises
+        here; later pages are read as the iteration reaches them.
+
+        >>> for task in atf.dead_letters("send_email", error_contains="SMTP"):  # doctest: +SKIP
+        ...     print(task.task_id, task.last_error)
+        """
+        if limit is not None and limit < 0:
+            raise InvalidArgument(f"limit must not be negative, got {limit}")
+
+        def page(token: str) -> DeadLetterPage:
+            return self.dead_letter_page(
+                lambda_name,
+                collection=collection,
+                error_contains=error_contains,
+                after=after,
+                before=before,
+                page_size=page_size if limit is None else max(1, min(page_size, limit)),
+                page_token=token,
+            )
+
+        first = page("")
+
+        def iterate() -> Iterator[TaskInfo]:
+            current, left = first, limit
+            while True:
+                for task in current.tasks:
+                    if left is not None:
+                        if left <= 0:
+                            return
+                        left -= 1
+                    yield task
+                if not current.next_page_token or left == 0:
+                    return
+                current = page(current.next_page_token)
+
+        return iterate()
+
+    def dead_letter_counts(self, lambda_name: str | None = None) -> dict[str, DeadLetterCount]:
+        """Dead letters per lambda (only lambdas that have some), by lambda name.
+
+        >>> atf.dead_letter_counts()["send_email"].by_collection  # doctest: +SKIP
+        {'billing': 3, 'news': 5}
+        """
+        request = admin_pb2.DeadLetterCountsRequest()
+        if lambda_name is not None:
+            request.lambda_name = lambda_name
+        response = self._call(self._admin.DeadLetterCounts, request)
+        return {count.lambda_name: DeadLetterCount.from_proto(count) for count in response.lambdas}
+
+    def redrive(
+        self,
+        target: Iterable[str] | DeadLetterFilter,
+        *,
+        reason: str,
+        by: str = "",
+        limit: int | None = None,
+    ) -> RedriveResult:
+        """Give dead letters a fresh set of attempts: these task ids, or every match of a filter.
+
+        Each task goes back to ``new``, due at once, with 0 attempts; its
+        history records ``by`` (default: "admin") and ``reason`` (required).
+        A task that is not dead-lettered is not an error of the call: its
+        reply says ``WRONG_STATE`` (see ``RedriveResult.refused``). A filter
+        is redriven up to 1000 tasks per call, for as many calls as it takes
+        (at most ``limit`` tasks in all); tasks dead-lettered after the
+        first call are left alone, so a lambda that is still broken cannot
+        keep this going.
+
+        >>> atf.redrive(DeadLetterFilter("send_email", collection="news"),  # doctest: +SKIP
+        ...             reason="SMTP credentials fixed", by="ada").redriven
+        """
+        if isinstance(target, DeadLetterFilter):
+            return self._redrive_filter(target, reason, by, limit)
+        task_ids = [target] if isinstance(target, str) else list(target)
+        if limit is not None:
+            task_ids = task_ids[: max(0, limit)]
+        if not task_ids:
+            return RedriveResult([])
+        response = self._call(
+            self._admin.Redrive,
+            admin_pb2.RedriveRequest(task_ids=task_ids, reason=reason, requested_by=by),
+        )
+        return RedriveResult([RedriveReply.from_proto(r) for r in response.replies])
+
+    def _redrive_filter(
+        self, found: DeadLetterFilter, reason: str, by: str, limit: int | None
+    ) -> RedriveResult:
+        replies: list[RedriveReply] = []
+        token = ""
+        message = found.to_proto()
+        while limit is None or len(replies) < limit:
+            left = _MAX_REDRIVE if limit is None else min(_MAX_REDRIVE, limit - len(replies))
+            response = self._call(
+                self._admin.Redrive,
+                admin_pb2.RedriveRequest(
+                    filter=message,
+                    reason=reason,
+                    requested_by=by,
+                    page_size=left,
+                    page_token=token,
+                ),
+            )
+            replies += [RedriveReply.from_proto(r) for r in response.replies]
+            token = response.next_page_token
+            if not token:
+                break
+        return RedriveResult(replies)
 
     def _set_gate(
         self,
@@ -676,12 +953,17 @@ __all__ = [
     "AsyncClient",
     "AtfError",
     "Client",
+    "DeadLetterCount",
+    "DeadLetterFilter",
+    "DeadLetterPage",
     "DeadlineExceeded",
     "FailedPrecondition",
     "GateInfo",
     "HistoryEntry",
     "InvalidArgument",
     "NotFound",
+    "RedriveReply",
+    "RedriveResult",
     "ResourceExhausted",
     "ScheduleOutcome",
     "TaskInfo",

@@ -75,6 +75,7 @@ __all__ = [
     "reply_from_record",
     "reply_to_record",
     "task_from_record",
+    "task_id_of_key",
     "task_to_record",
     "work_from_record",
     "work_to_record",
@@ -545,6 +546,17 @@ def control_from_record(rec: Record) -> LambdaPolicy | Gate:
         default_failure=_enum(FailureKind, body["default_failure"]),
         **values,
     )
+
+
+def task_id_of_key(key: bytes | None) -> str | None:
+    """The task id a task-events key (e.g. a tombstone's) names; None if it names none."""
+    if not key:
+        return None
+    try:
+        task_id = key.decode()
+    except UnicodeDecodeError:
+        return None
+    return None if "\x00" in task_id else task_id
 
 
 def control_key(lambda_name: str) -> str:

@@ -60,6 +60,7 @@ from atf_es import history, kafka_clients
 from atf_es.config import Settings
 from atf_es.events import Task
 from atf_es.events.codec import DecodeError, decode_event
+from atf_es.events.records import task_id_of_key
 from atf_es.projections.store import CounterKey, Queue, RocksTaskStore, StoreError
 from atf_es.topics import Topics
 
@@ -455,7 +456,7 @@ class _Reader:
             if self.until is not None and kind != TIMESTAMP_NOT_AVAILABLE and stamp > self.until:
                 self.after_until += 1
                 return
-            task_id = _tombstone_id(key)
+            task_id = task_id_of_key(key)
             if task_id is None:
                 self.unreadable += 1
                 log.warning(
@@ -491,17 +492,6 @@ class _Reader:
         self.applied += 1
         self.pending.pop(task_id, None)
         self.deleted.add(task_id)
-
-
-def _tombstone_id(key: bytes | None) -> str | None:
-    """The task id a tombstone's key names; None if it names none (as the processor reads it)."""
-    if not key:
-        return None
-    try:
-        task_id = key.decode()
-    except UnicodeDecodeError:
-        return None
-    return None if "\x00" in task_id else task_id
 
 
 # -- progress --------------------------------------------------------------------------

@@ -6,32 +6,61 @@ follows sees the gate, and every processor applies it at its next poll.
 ``resume`` writes an ``open`` gate rather than a tombstone, so the control
 topic keeps who opened it and why; ``ListGates`` shows closed gates only.
 
-Dead letters (``ListDeadLetters``, ``Redrive``) are not served yet: they
-answer ``UNIMPLEMENTED`` with a sentence.
+Dead letters (``ListDeadLetters``, ``DeadLetterCounts``, ``Redrive``) are
+answered from a :class:`~atf_es.services.deadletters.DeadLetterView`, created
+at the first such call and read to the end of the task-events topic before
+each answer, so a listing shows every task dead-lettered before the call and
+none redriven before it. ``Redrive`` sends one ``RedriveTask`` per task
+through a ``CommandGateway`` (the Frontend's, or one of its own) and answers
+each task with the processor's reply: a task that is no longer dead-lettered
+gets ``REPLY_CODE_WRONG_STATE``, the others go back to ``new`` with a fresh
+set of attempts. The service owns the view (and a gateway it created):
+``close()`` releases them. See docs/dead-letters.md.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import uuid
+from typing import Any, NoReturn
 
 import grpc
 from confluent_kafka import KafkaException
 
-from atf_es._proto.atf.v1 import admin_pb2, admin_pb2_grpc
+from atf_es._proto.atf.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 from atf_es.clock import now_ms
-from atf_es.events import Gate, GateAction, GateError
+from atf_es.events import Command, Gate, GateAction, GateError, RedriveTask, Task
+from atf_es.events.policy import COLLECTION_NAME, LAMBDA_NAME
+from atf_es.events.replies import Reply
 from atf_es.services.control import ControlView, publish_gate
+from atf_es.services.deadletters import (
+    Cursor,
+    DeadLetterQuery,
+    DeadLetterView,
+    PageTokenError,
+)
+from atf_es.services.gateway import (
+    CommandGateway,
+    CommandRejectedError,
+    GatewayError,
+)
 from atf_es.services.grpc_server import abort
+from atf_es.services.hsc import REPLY_CODE_KEY
 
 log = logging.getLogger(__name__)
 
 MAX_REASON_CHARS = 2_000
 MAX_SET_BY_CHARS = 200
-DEAD_LETTERS_UNIMPLEMENTED = (
-    "dead-letter listing and redrive are not served yet; "
-    "a dead-lettered task can be inspected with Frontend.GetTask"
-)
+MAX_ID_CHARS = 200
+MAX_REDRIVE = 1_000
+"""Most tasks one ``Redrive`` call takes (ids) or redrives (a filter's page)."""
+MAX_PAGE_SIZE = 1_000
+DEFAULT_PAGE_SIZE = 100
+MAX_ERROR_FILTER_CHARS = 1_000
+MAX_TIME_MS = 253_402_300_800_000
+"""Year 10000, as the Frontend bounds times."""
+DEFAULT_REQUESTED_BY = "admin"
 
 _ACTIONS = {
     admin_pb2.GATE_ACTION_PAUSE: GateAction.PAUSE,
@@ -56,12 +85,35 @@ def gate_to_proto(gate: Gate) -> admin_pb2.Gate:
 
 class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
     def __init__(
-        self, control: ControlView, control_lock: threading.Lock, *, max_wait: float = 10.0
+        self,
+        control: ControlView,
+        control_lock: threading.Lock,
+        *,
+        gateway: CommandGateway | None = None,
+        max_wait: float = 10.0,
     ) -> None:
+        """``gateway`` sends the redrives; without one, the service makes its own
+        (at the first ``Redrive``) and ``close()`` closes it."""
         self.control = control
         self._control_lock = control_lock
         """The lock every reader of ``control`` holds: it is one Kafka consumer."""
         self.max_wait = max_wait
+        self._gateway = gateway
+        self._own_gateway: CommandGateway | None = None
+        self._dead_letters: DeadLetterView | None = None
+        self._lazy_lock = threading.Lock()
+        self._closed = False
+
+    def close(self) -> None:
+        """Close the dead-letter view and the gateway this service made. Safe to call twice."""
+        with self._lazy_lock:
+            self._closed = True
+            view, self._dead_letters = self._dead_letters, None
+            gateway, self._own_gateway = self._own_gateway, None
+        if view is not None:
+            view.close()
+        if gateway is not None:
+            gateway.close()
 
     def SetGate(
         self, request: admin_pb2.SetGateRequest, context: grpc.ServicerContext
@@ -106,12 +158,146 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
     def ListDeadLetters(
         self, request: admin_pb2.ListDeadLettersRequest, context: grpc.ServicerContext
     ) -> admin_pb2.ListDeadLettersResponse:
-        abort(context, grpc.StatusCode.UNIMPLEMENTED, DEAD_LETTERS_UNIMPLEMENTED)
+        query = _query(context, "", request, request.lambda_name or None)
+        size = _page_size(context, "page_size", request.page_size, DEFAULT_PAGE_SIZE)
+        cursor = _cursor(context, request.page_token, query)
+        view = self._view(context)
+        self._require_lambda(context, view, query.lambda_name)
+        page = view.page(query, size, cursor)
+        return admin_pb2.ListDeadLettersResponse(
+            tasks=[_task_info(task) for task in page.tasks],
+            next_page_token="" if page.next is None else page.next.encode(query),
+            total_size=page.total,
+        )
+
+    def DeadLetterCounts(
+        self, request: admin_pb2.DeadLetterCountsRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.DeadLetterCountsResponse:
+        lambda_name = request.lambda_name if request.HasField("lambda_name") else None
+        if lambda_name is not None:
+            _check_lambda(context, "lambda_name", lambda_name)
+        view = self._view(context)
+        self._require_lambda(context, view, lambda_name)
+        counts = view.counts(lambda_name)
+        return admin_pb2.DeadLetterCountsResponse(
+            lambdas=[
+                admin_pb2.DeadLetterCount(
+                    lambda_name=count.lambda_name,
+                    count=count.count,
+                    by_collection=count.by_collection,
+                    oldest_at_ms=count.oldest_at,
+                    newest_at_ms=count.newest_at,
+                )
+                for count in counts
+            ],
+            total=sum(count.count for count in counts),
+        )
 
     def Redrive(
         self, request: admin_pb2.RedriveRequest, context: grpc.ServicerContext
     ) -> admin_pb2.RedriveResponse:
-        abort(context, grpc.StatusCode.UNIMPLEMENTED, DEAD_LETTERS_UNIMPLEMENTED)
+        reason = request.reason.strip()
+        if not reason:
+            abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "reason is required: say why the tasks are redriven (it is kept in each "
+                "task's history)",
+            )
+        if len(request.reason) > MAX_REASON_CHARS:
+            abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"reason must be at most {MAX_REASON_CHARS} characters, got {len(request.reason)}",
+            )
+        if len(request.requested_by) > MAX_SET_BY_CHARS:
+            abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"requested_by must be at most {MAX_SET_BY_CHARS} characters, "
+                f"got {len(request.requested_by)}",
+            )
+        requested_by = request.requested_by.strip() or DEFAULT_REQUESTED_BY
+        by_filter = request.HasField("filter")
+        if by_filter == bool(request.task_ids):
+            abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "give task_ids or a filter, not both"
+                if by_filter
+                else "nothing to redrive: give task_ids or a filter (a filter with only "
+                "lambda_name redrives every dead letter of the lambda)",
+            )
+        if not by_filter and (request.page_size or request.page_token):
+            abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "page_size and page_token go with a filter, not with task_ids",
+            )
+        response = admin_pb2.RedriveResponse()
+        if by_filter:
+            task_ids = self._redrive_page(request, context, response)
+        else:
+            task_ids = _task_ids(context, request.task_ids)
+        if not task_ids:
+            return response
+        commands: list[Command] = [
+            RedriveTask(uuid.uuid4().hex, task_id, requested_by, reason) for task_id in task_ids
+        ]
+        outcomes = self._gateway_for().send_many(commands, timeout=self._timeout(context))
+        failures = [o for o in outcomes if isinstance(o, GatewayError)]
+        if len(failures) == len(outcomes) and not isinstance(failures[0], CommandRejectedError):
+            abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                f"no task was redriven: {failures[0]}",
+            )
+        accepted = 0
+        for task_id, outcome in zip(task_ids, outcomes, strict=True):
+            reply = common_pb2.CommandReply(task_id=task_id)
+            if isinstance(outcome, Reply):
+                reply.code = common_pb2.ReplyCode.Value(f"REPLY_CODE_{outcome.code.name}")
+                reply.message = outcome.message
+                accepted += outcome.accepted
+            elif isinstance(outcome, CommandRejectedError):
+                reply.code = common_pb2.REPLY_CODE_INVALID
+                reply.message = str(outcome)
+            else:
+                reply.code = common_pb2.REPLY_CODE_UNSPECIFIED
+                reply.message = str(outcome)
+            response.replies.append(reply)
+        log.info(
+            "redrive by %r: %d of %d tasks redriven (%s)",
+            requested_by,
+            accepted,
+            len(task_ids),
+            reason,
+        )
+        return response
+
+    def _redrive_page(
+        self,
+        request: admin_pb2.RedriveRequest,
+        context: grpc.ServicerContext,
+        response: admin_pb2.RedriveResponse,
+    ) -> list[str]:
+        """The filter's next page of dead letters; sets the response's token and count."""
+        found = request.filter
+        if not found.lambda_name:
+            abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "filter.lambda_name is required: a filtered redrive covers one lambda",
+            )
+        query = _query(context, "filter.", found, found.lambda_name)
+        size = _page_size(context, "page_size", request.page_size, MAX_REDRIVE)
+        cursor = _cursor(context, request.page_token, query)
+        view = self._view(context)
+        self._require_lambda(context, view, query.lambda_name)
+        page = view.page(query, size, cursor)
+        response.next_page_token = "" if page.next is None else page.next.encode(query)
+        response.remaining = page.remaining
+        return [task.task_id for task in page.tasks]
 
     # -- helpers ---------------------------------------------------------
 
@@ -161,5 +347,175 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 f"cannot read the control topic from Kafka: {exc}",
             )
 
+    def _timeout(self, context: grpc.ServicerContext) -> float:
+        """How long this call may wait: ``max_wait``, or less, to answer within the deadline."""
+        remaining: float | None = context.time_remaining()
+        if remaining is None:
+            return self.max_wait
+        # Leave a little of the deadline for the answer to travel back, so the
+        # caller hears why rather than a bare deadline.
+        return max(0.1, min(self.max_wait, remaining - min(0.5, remaining * 0.1)))
 
-__all__ = ["DEAD_LETTERS_UNIMPLEMENTED", "AdminService", "gate_to_proto"]
+    def _view(self, context: grpc.ServicerContext) -> DeadLetterView:
+        """The dead-letter view, read to the end of the task-events topic as it is now."""
+        with self._lazy_lock:
+            if self._closed:
+                abort(context, grpc.StatusCode.UNAVAILABLE, "the Admin service is stopping")
+            if self._dead_letters is None:
+                self._dead_letters = DeadLetterView(self.control.settings, self.control.bootstrap)
+            view = self._dead_letters
+        try:
+            view.catch_up(timeout=self._timeout(context))
+        except TimeoutError as exc:
+            abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                f"the dead-letter view is still reading the task-events topic ({exc}); "
+                "it goes on from there at the next call: try again",
+            )
+        except KafkaException as exc:
+            abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                f"cannot read the task-events topic from Kafka: {exc}",
+            )
+        return view
+
+    def _gateway_for(self) -> CommandGateway:
+        if self._gateway is not None:
+            return self._gateway
+        with self._lazy_lock:
+            if self._own_gateway is None:
+                self._own_gateway = CommandGateway(
+                    self.control.settings, self.control.bootstrap, client_id="admin"
+                )
+            return self._own_gateway
+
+    def _require_lambda(
+        self, context: grpc.ServicerContext, view: DeadLetterView, lambda_name: str | None
+    ) -> None:
+        """NOT_FOUND unless ``lambda_name`` is defined or has dead letters (None passes)."""
+        if lambda_name is None or view.has_lambda(lambda_name):
+            return
+        with self._control_lock:
+            self.control.poll(0)
+            if self.control.get(lambda_name) is None:
+                self._catch_up(context)
+            known = self.control.get(lambda_name) is not None
+        if not known:
+            context.set_trailing_metadata(((REPLY_CODE_KEY, "UNKNOWN_LAMBDA"),))
+            abort(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                f"lambda {lambda_name!r} is not defined and has no dead letters",
+            )
+
+
+def _task_info(task: Task) -> common_pb2.TaskInfo:
+    from atf_es.services.frontend import task_to_proto  # frontend imports this module
+
+    return task_to_proto(task)
+
+
+def _invalid(context: grpc.ServicerContext, message: str) -> NoReturn:
+    abort(context, grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def _shown(value: str, limit: int = 120) -> str:
+    """``value`` quoted for an error message, cut short so a huge input stays readable."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value)} chars)"
+
+
+def _check_lambda(context: grpc.ServicerContext, name: str, value: str) -> None:
+    if not LAMBDA_NAME.fullmatch(value):
+        _invalid(context, f"{name} {_shown(value)} must be 1-100 letters, digits, '_' or '-'")
+
+
+def _query(
+    context: grpc.ServicerContext,
+    where: str,
+    message: admin_pb2.ListDeadLettersRequest | admin_pb2.DeadLetterFilter,
+    lambda_name: str | None,
+) -> DeadLetterQuery:
+    """The validated filters of a listing or a redrive (field names prefixed with ``where``)."""
+
+    def optional(name: str) -> Any:
+        return getattr(message, name) if message.HasField(name) else None
+
+    collection: str | None = optional("collection")
+    error_contains: str | None = optional("error_contains")
+    after: int | None = optional("dead_lettered_after_ms")
+    before: int | None = optional("dead_lettered_before_ms")
+    if lambda_name is not None:
+        _check_lambda(context, f"{where}lambda_name", lambda_name)
+    if collection is not None and not COLLECTION_NAME.fullmatch(collection):
+        _invalid(
+            context,
+            f"{where}collection {_shown(collection)} must be 1-100 letters, digits, '_', '.' "
+            "or '-'",
+        )
+    if error_contains is not None and not 1 <= len(error_contains) <= MAX_ERROR_FILTER_CHARS:
+        _invalid(
+            context,
+            f"{where}error_contains must be 1-{MAX_ERROR_FILTER_CHARS} characters, "
+            f"got {len(error_contains)}",
+        )
+    for name, value in (("dead_lettered_after_ms", after), ("dead_lettered_before_ms", before)):
+        if value is not None and not 0 <= value < MAX_TIME_MS:
+            _invalid(
+                context,
+                f"{where}{name} must be an epoch-millisecond time from 0 to {MAX_TIME_MS - 1}, "
+                f"got {value}",
+            )
+    if after is not None and before is not None and after >= before:
+        _invalid(
+            context,
+            f"{where}dead_lettered_after_ms ({after}) must be before "
+            f"{where}dead_lettered_before_ms ({before})",
+        )
+    return DeadLetterQuery(lambda_name, collection, error_contains, after, before)
+
+
+def _page_size(context: grpc.ServicerContext, name: str, value: int, default: int) -> int:
+    if value == 0:
+        return default
+    if not 1 <= value <= MAX_PAGE_SIZE:
+        _invalid(context, f"{name} must be 1-{MAX_PAGE_SIZE} (0: {default}), got {value}")
+    return value
+
+
+def _cursor(context: grpc.ServicerContext, token: str, query: DeadLetterQuery) -> Cursor | None:
+    if not token:
+        return None
+    try:
+        return Cursor.decode(token, query)
+    except PageTokenError as exc:
+        _invalid(context, str(exc))
+
+
+def _task_ids(context: grpc.ServicerContext, given: list[str]) -> list[str]:
+    """The requested ids, checked, each once, in request order."""
+    task_ids = list(dict.fromkeys(given))
+    if len(task_ids) > MAX_REDRIVE:
+        _invalid(
+            context,
+            f"task_ids holds {len(task_ids)} tasks; a redrive takes at most {MAX_REDRIVE} "
+            "(a filter redrives any number, page by page)",
+        )
+    for index, task_id in enumerate(task_ids):
+        if not 1 <= len(task_id) <= MAX_ID_CHARS or not task_id.isprintable():
+            _invalid(
+                context,
+                f"task_ids[{index}] must be 1-{MAX_ID_CHARS} printable characters, "
+                f"got {_shown(task_id, 60)}",
+            )
+    return task_ids
+
+
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "MAX_PAGE_SIZE",
+    "MAX_REDRIVE",
+    "AdminService",
+    "gate_to_proto",
+]

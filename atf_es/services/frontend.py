@@ -735,7 +735,7 @@ def frontend_server(gateway: CommandGateway, control: ControlView, address: str)
     """The Frontend and ``atf.v1.Admin`` on ``address`` (``host:0`` picks a port),
     with health and reflection."""
     service = FrontendService(gateway, control)
-    admin = AdminService(control, service.control_lock)
+    admin = AdminService(control, service.control_lock, gateway=gateway)
     return GrpcServer(
         "frontend",
         address,
@@ -747,6 +747,7 @@ def frontend_server(gateway: CommandGateway, control: ControlView, address: str)
             frontend_pb2.DESCRIPTOR.services_by_name["Frontend"].full_name,
             admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
         ],
+        on_stop=[admin.close],
     )
 
 

@@ -155,8 +155,11 @@ class GrpcServer:
         service_names: Sequence[str],
         *,
         max_workers: int = 32,
+        on_stop: Sequence[Callable[[], None]] = (),
     ) -> None:
+        """``on_stop``: what to close once the server has stopped (its services' clients)."""
         self.name = name
+        self._on_stop = tuple(on_stop)
         self.address = address
         self._registrations = registrations
         self._service_names = tuple(service_names)
@@ -196,3 +199,5 @@ class GrpcServer:
             return
         self._health.enter_graceful_shutdown()
         server.stop(grace).wait(grace + 1)
+        for close in self._on_stop:
+            close()

@@ -48,6 +48,7 @@ from atf_es.clock import now_ms
 from atf_es.config import Settings
 from atf_es.events import Gate, LambdaPolicy, Task
 from atf_es.events.codec import DecodeError, decode_event
+from atf_es.events.records import task_id_of_key
 from atf_es.projections.store import RocksTaskStore, TaskStore, open_or_rebuild
 from atf_es.services.control import ControlView
 from atf_es.services.partition import (
@@ -597,17 +598,6 @@ class Processor:
             self._consumer.seek(TopicPartition(self.topics.commands, batch.partition, first_offset))
 
 
-def _tombstone_id(key: bytes | None) -> str | None:
-    """The task id a tombstone's key names; None if it names none."""
-    if not key:
-        return None
-    try:
-        task_id = key.decode()
-    except UnicodeDecodeError:
-        return None
-    return None if "\x00" in task_id else task_id
-
-
 def record_limit(settings: Settings) -> int:
     """The largest record the processor's producers take: ``message.max.bytes``."""
     configured = settings.kafka_config.get("message.max.bytes")
@@ -744,7 +734,7 @@ def restore_partition(
                 applied += 1
                 value = message.value()
                 if value is None:
-                    task_id = _tombstone_id(message.key())
+                    task_id = task_id_of_key(message.key())
                     if task_id is None:
                         unreadable += 1
                         log.warning(

@@ -25,15 +25,17 @@ _sym_db = _symbol_database.Default()
 from atf_es._proto.atf.v1 import common_pb2 as atf_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x61tf/v1/admin.proto\x12\x06\x61tf.v1\x1a\x13\x61tf/v1/common.proto\"\x9a\x01\n\x04Gate\x12\x13\n\x0blambda_name\x18\x01 \x01(\t\x12\x17\n\ncollection\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\"\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x12.atf.v1.GateAction\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0e\n\x06set_by\x18\x05 \x01(\t\x12\x11\n\tset_at_ms\x18\x06 \x01(\x03\x42\r\n\x0b_collection\",\n\x0eSetGateRequest\x12\x1a\n\x04gate\x18\x01 \x01(\x0b\x32\x0c.atf.v1.Gate\"-\n\x0fSetGateResponse\x12\x1a\n\x04gate\x18\x01 \x01(\x0b\x32\x0c.atf.v1.Gate\"<\n\x10ListGatesRequest\x12\x18\n\x0blambda_name\x18\x01 \x01(\tH\x00\x88\x01\x01\x42\x0e\n\x0c_lambda_name\"0\n\x11ListGatesResponse\x12\x1b\n\x05gates\x18\x01 \x03(\x0b\x32\x0c.atf.v1.Gate\"|\n\x16ListDeadLettersRequest\x12\x13\n\x0blambda_name\x18\x01 \x01(\t\x12\x17\n\ncollection\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\tB\r\n\x0b_collection\"S\n\x17ListDeadLettersResponse\x12\x1f\n\x05tasks\x18\x01 \x03(\x0b\x32\x10.atf.v1.TaskInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"H\n\x0eRedriveRequest\x12\x10\n\x08task_ids\x18\x01 \x03(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x14\n\x0crequested_by\x18\x03 \x01(\t\"8\n\x0fRedriveResponse\x12%\n\x07replies\x18\x01 \x03(\x0b\x32\x14.atf.v1.CommandReply*n\n\nGateAction\x12\x1b\n\x17GATE_ACTION_UNSPECIFIED\x10\x00\x12\x15\n\x11GATE_ACTION_PAUSE\x10\x01\x12\x14\n\x10GATE_ACTION_DROP\x10\x02\x12\x16\n\x12GATE_ACTION_RESUME\x10\x03\x32\x95\x02\n\x05\x41\x64min\x12:\n\x07SetGate\x12\x16.atf.v1.SetGateRequest\x1a\x17.atf.v1.SetGateResponse\x12@\n\tListGates\x12\x18.atf.v1.ListGatesRequest\x1a\x19.atf.v1.ListGatesResponse\x12R\n\x0fListDeadLetters\x12\x1e.atf.v1.ListDeadLettersRequest\x1a\x1f.atf.v1.ListDeadLettersResponse\x12:\n\x07Redrive\x12\x16.atf.v1.RedriveRequest\x1a\x17.atf.v1.RedriveResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x61tf/v1/admin.proto\x12\x06\x61tf.v1\x1a\x13\x61tf/v1/common.proto\"\x9a\x01\n\x04Gate\x12\x13\n\x0blambda_name\x18\x01 \x01(\t\x12\x17\n\ncollection\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\"\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x12.atf.v1.GateAction\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0e\n\x06set_by\x18\x05 \x01(\t\x12\x11\n\tset_at_ms\x18\x06 \x01(\x03\x42\r\n\x0b_collection\",\n\x0eSetGateRequest\x12\x1a\n\x04gate\x18\x01 \x01(\x0b\x32\x0c.atf.v1.Gate\"-\n\x0fSetGateResponse\x12\x1a\n\x04gate\x18\x01 \x01(\x0b\x32\x0c.atf.v1.Gate\"<\n\x10ListGatesRequest\x12\x18\n\x0blambda_name\x18\x01 \x01(\tH\x00\x88\x01\x01\x42\x0e\n\x0c_lambda_name\"0\n\x11ListGatesResponse\x12\x1b\n\x05gates\x18\x01 \x03(\x0b\x32\x0c.atf.v1.Gate\"\xae\x02\n\x16ListDeadLettersRequest\x12\x13\n\x0blambda_name\x18\x01 \x01(\t\x12\x17\n\ncollection\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x1b\n\x0e\x65rror_contains\x18\x05 \x01(\tH\x01\x88\x01\x01\x12#\n\x16\x64\x65\x61\x64_lettered_after_ms\x18\x06 \x01(\x03H\x02\x88\x01\x01\x12$\n\x17\x64\x65\x61\x64_lettered_before_ms\x18\x07 \x01(\x03H\x03\x88\x01\x01\x42\r\n\x0b_collectionB\x11\n\x0f_error_containsB\x19\n\x17_dead_lettered_after_msB\x1a\n\x18_dead_lettered_before_ms\"g\n\x17ListDeadLettersResponse\x12\x1f\n\x05tasks\x18\x01 \x03(\x0b\x32\x10.atf.v1.TaskInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\"C\n\x17\x44\x65\x61\x64LetterCountsRequest\x12\x18\n\x0blambda_name\x18\x01 \x01(\tH\x00\x88\x01\x01\x42\x0e\n\x0c_lambda_name\"\xd8\x01\n\x0f\x44\x65\x61\x64LetterCount\x12\x13\n\x0blambda_name\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12@\n\rby_collection\x18\x03 \x03(\x0b\x32).atf.v1.DeadLetterCount.ByCollectionEntry\x12\x14\n\x0coldest_at_ms\x18\x04 \x01(\x03\x12\x14\n\x0cnewest_at_ms\x18\x05 \x01(\x03\x1a\x33\n\x11\x42yCollectionEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"S\n\x18\x44\x65\x61\x64LetterCountsResponse\x12(\n\x07lambdas\x18\x01 \x03(\x0b\x32\x17.atf.v1.DeadLetterCount\x12\r\n\x05total\x18\x02 \x01(\x03\"\x81\x02\n\x10\x44\x65\x61\x64LetterFilter\x12\x13\n\x0blambda_name\x18\x01 \x01(\t\x12\x17\n\ncollection\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x1b\n\x0e\x65rror_contains\x18\x03 \x01(\tH\x01\x88\x01\x01\x12#\n\x16\x64\x65\x61\x64_lettered_after_ms\x18\x04 \x01(\x03H\x02\x88\x01\x01\x12$\n\x17\x64\x65\x61\x64_lettered_before_ms\x18\x05 \x01(\x03H\x03\x88\x01\x01\x42\r\n\x0b_collectionB\x11\n\x0f_error_containsB\x19\n\x17_dead_lettered_after_msB\x1a\n\x18_dead_lettered_before_ms\"\x99\x01\n\x0eRedriveRequest\x12\x10\n\x08task_ids\x18\x01 \x03(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x14\n\x0crequested_by\x18\x03 \x01(\t\x12(\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x18.atf.v1.DeadLetterFilter\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"d\n\x0fRedriveResponse\x12%\n\x07replies\x18\x01 \x03(\x0b\x32\x14.atf.v1.CommandReply\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x11\n\tremaining\x18\x03 \x01(\x03*n\n\nGateAction\x12\x1b\n\x17GATE_ACTION_UNSPECIFIED\x10\x00\x12\x15\n\x11GATE_ACTION_PAUSE\x10\x01\x12\x14\n\x10GATE_ACTION_DROP\x10\x02\x12\x16\n\x12GATE_ACTION_RESUME\x10\x03\x32\xec\x02\n\x05\x41\x64min\x12:\n\x07SetGate\x12\x16.atf.v1.SetGateRequest\x1a\x17.atf.v1.SetGateResponse\x12@\n\tListGates\x12\x18.atf.v1.ListGatesRequest\x1a\x19.atf.v1.ListGatesResponse\x12R\n\x0fListDeadLetters\x12\x1e.atf.v1.ListDeadLettersRequest\x1a\x1f.atf.v1.ListDeadLettersResponse\x12U\n\x10\x44\x65\x61\x64LetterCounts\x12\x1f.atf.v1.DeadLetterCountsRequest\x1a .atf.v1.DeadLetterCountsResponse\x12:\n\x07Redrive\x12\x16.atf.v1.RedriveRequest\x1a\x17.atf.v1.RedriveResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'atf.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GATEACTION']._serialized_start=756
-  _globals['_GATEACTION']._serialized_end=866
+  _globals['_DEADLETTERCOUNT_BYCOLLECTIONENTRY']._loaded_options = None
+  _globals['_DEADLETTERCOUNT_BYCOLLECTIONENTRY']._serialized_options = b'8\001'
+  _globals['_GATEACTION']._serialized_start=1714
+  _globals['_GATEACTION']._serialized_end=1824
   _globals['_GATE']._serialized_start=52
   _globals['_GATE']._serialized_end=206
   _globals['_SETGATEREQUEST']._serialized_start=208
@@ -44,14 +46,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTGATESREQUEST']._serialized_end=361
   _globals['_LISTGATESRESPONSE']._serialized_start=363
   _globals['_LISTGATESRESPONSE']._serialized_end=411
-  _globals['_LISTDEADLETTERSREQUEST']._serialized_start=413
-  _globals['_LISTDEADLETTERSREQUEST']._serialized_end=537
-  _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=539
-  _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=622
-  _globals['_REDRIVEREQUEST']._serialized_start=624
-  _globals['_REDRIVEREQUEST']._serialized_end=696
-  _globals['_REDRIVERESPONSE']._serialized_start=698
-  _globals['_REDRIVERESPONSE']._serialized_end=754
-  _globals['_ADMIN']._serialized_start=869
-  _globals['_ADMIN']._serialized_end=1146
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_start=414
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_end=716
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=718
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=821
+  _globals['_DEADLETTERCOUNTSREQUEST']._serialized_start=823
+  _globals['_DEADLETTERCOUNTSREQUEST']._serialized_end=890
+  _globals['_DEADLETTERCOUNT']._serialized_start=893
+  _globals['_DEADLETTERCOUNT']._serialized_end=1109
+  _globals['_DEADLETTERCOUNT_BYCOLLECTIONENTRY']._serialized_start=1058
+  _globals['_DEADLETTERCOUNT_BYCOLLECTIONENTRY']._serialized_end=1109
+  _globals['_DEADLETTERCOUNTSRESPONSE']._serialized_start=1111
+  _globals['_DEADLETTERCOUNTSRESPONSE']._serialized_end=1194
+  _globals['_DEADLETTERFILTER']._serialized_start=1197
+  _globals['_DEADLETTERFILTER']._serialized_end=1454
+  _globals['_REDRIVEREQUEST']._serialized_start=1457
+  _globals['_REDRIVEREQUEST']._serialized_end=1610
+  _globals['_REDRIVERESPONSE']._serialized_start=1612
+  _globals['_REDRIVERESPONSE']._serialized_end=1712
+  _globals['_ADMIN']._serialized_start=1827
+  _globals['_ADMIN']._serialized_end=2191
 # @@protoc_insertion_point(module_scope)

@@ -60,37 +60,104 @@ class ListGatesResponse(_message.Message):
     def __init__(self, gates: _Optional[_Iterable[_Union[Gate, _Mapping]]] = ...) -> None: ...
 
 class ListDeadLettersRequest(_message.Message):
-    __slots__ = ("lambda_name", "collection", "page_size", "page_token")
+    __slots__ = ("lambda_name", "collection", "page_size", "page_token", "error_contains", "dead_lettered_after_ms", "dead_lettered_before_ms")
     LAMBDA_NAME_FIELD_NUMBER: _ClassVar[int]
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CONTAINS_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTERED_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTERED_BEFORE_MS_FIELD_NUMBER: _ClassVar[int]
     lambda_name: str
     collection: str
     page_size: int
     page_token: str
-    def __init__(self, lambda_name: _Optional[str] = ..., collection: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    error_contains: str
+    dead_lettered_after_ms: int
+    dead_lettered_before_ms: int
+    def __init__(self, lambda_name: _Optional[str] = ..., collection: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., error_contains: _Optional[str] = ..., dead_lettered_after_ms: _Optional[int] = ..., dead_lettered_before_ms: _Optional[int] = ...) -> None: ...
 
 class ListDeadLettersResponse(_message.Message):
-    __slots__ = ("tasks", "next_page_token")
+    __slots__ = ("tasks", "next_page_token", "total_size")
     TASKS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[_common_pb2.TaskInfo]
     next_page_token: str
-    def __init__(self, tasks: _Optional[_Iterable[_Union[_common_pb2.TaskInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    total_size: int
+    def __init__(self, tasks: _Optional[_Iterable[_Union[_common_pb2.TaskInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., total_size: _Optional[int] = ...) -> None: ...
+
+class DeadLetterCountsRequest(_message.Message):
+    __slots__ = ("lambda_name",)
+    LAMBDA_NAME_FIELD_NUMBER: _ClassVar[int]
+    lambda_name: str
+    def __init__(self, lambda_name: _Optional[str] = ...) -> None: ...
+
+class DeadLetterCount(_message.Message):
+    __slots__ = ("lambda_name", "count", "by_collection", "oldest_at_ms", "newest_at_ms")
+    class ByCollectionEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    LAMBDA_NAME_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    BY_COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    NEWEST_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    lambda_name: str
+    count: int
+    by_collection: _containers.ScalarMap[str, int]
+    oldest_at_ms: int
+    newest_at_ms: int
+    def __init__(self, lambda_name: _Optional[str] = ..., count: _Optional[int] = ..., by_collection: _Optional[_Mapping[str, int]] = ..., oldest_at_ms: _Optional[int] = ..., newest_at_ms: _Optional[int] = ...) -> None: ...
+
+class DeadLetterCountsResponse(_message.Message):
+    __slots__ = ("lambdas", "total")
+    LAMBDAS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    lambdas: _containers.RepeatedCompositeFieldContainer[DeadLetterCount]
+    total: int
+    def __init__(self, lambdas: _Optional[_Iterable[_Union[DeadLetterCount, _Mapping]]] = ..., total: _Optional[int] = ...) -> None: ...
+
+class DeadLetterFilter(_message.Message):
+    __slots__ = ("lambda_name", "collection", "error_contains", "dead_lettered_after_ms", "dead_lettered_before_ms")
+    LAMBDA_NAME_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CONTAINS_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTERED_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTERED_BEFORE_MS_FIELD_NUMBER: _ClassVar[int]
+    lambda_name: str
+    collection: str
+    error_contains: str
+    dead_lettered_after_ms: int
+    dead_lettered_before_ms: int
+    def __init__(self, lambda_name: _Optional[str] = ..., collection: _Optional[str] = ..., error_contains: _Optional[str] = ..., dead_lettered_after_ms: _Optional[int] = ..., dead_lettered_before_ms: _Optional[int] = ...) -> None: ...
 
 class RedriveRequest(_message.Message):
-    __slots__ = ("task_ids", "reason", "requested_by")
+    __slots__ = ("task_ids", "reason", "requested_by", "filter", "page_size", "page_token")
     TASK_IDS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     task_ids: _containers.RepeatedScalarFieldContainer[str]
     reason: str
     requested_by: str
-    def __init__(self, task_ids: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., requested_by: _Optional[str] = ...) -> None: ...
+    filter: DeadLetterFilter
+    page_size: int
+    page_token: str
+    def __init__(self, task_ids: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., requested_by: _Optional[str] = ..., filter: _Optional[_Union[DeadLetterFilter, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class RedriveResponse(_message.Message):
-    __slots__ = ("replies",)
+    __slots__ = ("replies", "next_page_token", "remaining")
     REPLIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
     replies: _containers.RepeatedCompositeFieldContainer[_common_pb2.CommandReply]
-    def __init__(self, replies: _Optional[_Iterable[_Union[_common_pb2.CommandReply, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    remaining: int
+    def __init__(self, replies: _Optional[_Iterable[_Union[_common_pb2.CommandReply, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., remaining: _Optional[int] = ...) -> None: ...

@@ -49,6 +49,11 @@ class AdminStub:
                 request_serializer=atf_dot_v1_dot_admin__pb2.ListDeadLettersRequest.SerializeToString,
                 response_deserializer=atf_dot_v1_dot_admin__pb2.ListDeadLettersResponse.FromString,
                 _registered_method=True)
+        self.DeadLetterCounts = channel.unary_unary(
+                '/atf.v1.Admin/DeadLetterCounts',
+                request_serializer=atf_dot_v1_dot_admin__pb2.DeadLetterCountsRequest.SerializeToString,
+                response_deserializer=atf_dot_v1_dot_admin__pb2.DeadLetterCountsResponse.FromString,
+                _registered_method=True)
         self.Redrive = channel.unary_unary(
                 '/atf.v1.Admin/Redrive',
                 request_serializer=atf_dot_v1_dot_admin__pb2.RedriveRequest.SerializeToString,
@@ -72,13 +77,24 @@ class AdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListDeadLetters(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Dead-lettered tasks, oldest first: by the time they were dead-lettered
+        (TaskInfo.finished_at_ms), then by task id. Read from the task-events
+        topic, up to its end as of the call (docs/dead-letters.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeadLetterCounts(self, request, context):
+        """How many dead letters each lambda holds, and each of its collections.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Redrive(self, request, context):
-        """Gives dead-lettered tasks a fresh set of attempts.
+        """Gives dead-lettered tasks a fresh set of attempts: each goes back to new,
+        due at once, with 0 attempts; its TaskRedriven event records who and why.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -101,6 +117,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListDeadLetters,
                     request_deserializer=atf_dot_v1_dot_admin__pb2.ListDeadLettersRequest.FromString,
                     response_serializer=atf_dot_v1_dot_admin__pb2.ListDeadLettersResponse.SerializeToString,
+            ),
+            'DeadLetterCounts': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeadLetterCounts,
+                    request_deserializer=atf_dot_v1_dot_admin__pb2.DeadLetterCountsRequest.FromString,
+                    response_serializer=atf_dot_v1_dot_admin__pb2.DeadLetterCountsResponse.SerializeToString,
             ),
             'Redrive': grpc.unary_unary_rpc_method_handler(
                     servicer.Redrive,
@@ -189,6 +210,33 @@ class Admin:
             '/atf.v1.Admin/ListDeadLetters',
             atf_dot_v1_dot_admin__pb2.ListDeadLettersRequest.SerializeToString,
             atf_dot_v1_dot_admin__pb2.ListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeadLetterCounts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atf.v1.Admin/DeadLetterCounts',
+            atf_dot_v1_dot_admin__pb2.DeadLetterCountsRequest.SerializeToString,
+            atf_dot_v1_dot_admin__pb2.DeadLetterCountsResponse.FromString,
             options,
             channel_credentials,
             insecure,
