@@ -562,9 +562,20 @@ def _absurd_requests(method: str, rng: random.Random) -> list[tuple[str, Any]]:
                 ("huge reason", frontend_pb2.CancelRequest(task_id=_rid(rng), reason=big)),
             ]
         case "History":
-            return [("huge task id", frontend_pb2.HistoryRequest(task_id=long))]
+            return [
+                ("empty task id", frontend_pb2.HistoryRequest()),
+                ("huge task id", frontend_pb2.HistoryRequest(task_id=long)),
+                ("unknown task", frontend_pb2.HistoryRequest(task_id=_rid(rng))),
+            ]
         case "Watch":
-            return [("unknown task", frontend_pb2.WatchRequest(task_id=_rid(rng), from_start=True))]
+            return [
+                ("huge task id", frontend_pb2.WatchRequest(task_id=long)),
+                ("two starts", frontend_pb2.WatchRequest(from_start=True, from_ms=1)),
+                (
+                    "unspecified status",
+                    frontend_pb2.WatchRequest(statuses=[common_pb2.TASK_STATUS_UNSPECIFIED]),
+                ),
+            ]
         case "ClaimTask" | "Heartbeat":
             message = (
                 worker_pb2.ClaimTaskRequest

@@ -30,7 +30,6 @@ from atf_es.client import (
     TaskNotFound,
     TaskRequest,
     Unavailable,
-    Unimplemented,
     UnknownLambda,
 )
 from atf_es.clock import now_ms
@@ -376,19 +375,19 @@ def test_the_async_client(system: System) -> None:
     asyncio.run(scenario())
 
 
-def test_history_and_watch_are_not_there_yet(frontend: System) -> None:
+def test_history_and_watch_refuse_bad_requests_with_a_sentence(frontend: System) -> None:
     from atf_es._proto.atf.v1 import frontend_pb2, frontend_pb2_grpc
 
     with grpc.insecure_channel(frontend.address) as channel:
         stub = frontend_pb2_grpc.FrontendStub(channel)
         with pytest.raises(grpc.RpcError) as caught:
-            stub.History(frontend_pb2.HistoryRequest(task_id="t"), timeout=5)
-        assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED
-        assert "audit issue" in caught.value.details()
+            stub.History(frontend_pb2.HistoryRequest(task_id="never-scheduled"), timeout=10)
+        assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+        assert "no history for task 'never-scheduled'" in caught.value.details()
         with pytest.raises(grpc.RpcError) as caught:
-            list(stub.Watch(frontend_pb2.WatchRequest(task_id="t"), timeout=5))
-        assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED
-    assert issubclass(Unimplemented, Exception)
+            list(stub.Watch(frontend_pb2.WatchRequest(from_start=True, from_ms=5), timeout=10))
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "from_start or from_ms" in caught.value.details()
 
 
 def test_health_and_reflection(frontend: System) -> None:
