@@ -37,7 +37,7 @@ import grpc
 from confluent_kafka import KafkaError, Message, Producer
 
 from atf_es import kafka_clients
-from atf_es._proto.atf.v1 import common_pb2, frontend_pb2, worker_pb2
+from atf_es._proto.atf.v1 import admin_pb2, common_pb2, frontend_pb2, worker_pb2
 from atf_es.clock import now_ms
 from atf_es.config import Settings
 from atf_es.events import (
@@ -499,6 +499,24 @@ SERVICES: dict[str, tuple[str, tuple[_Method, ...]]] = {
         "atf.v1.Controller",
         (_Method("NextWork", worker_pb2.NextWorkRequest, worker_pb2.NextWorkResponse),),
     ),
+    "Admin": (
+        "atf.v1.Admin",
+        (
+            _Method("SetGate", admin_pb2.SetGateRequest, admin_pb2.SetGateResponse),
+            _Method("ListGates", admin_pb2.ListGatesRequest, admin_pb2.ListGatesResponse),
+            _Method(
+                "ListDeadLetters",
+                admin_pb2.ListDeadLettersRequest,
+                admin_pb2.ListDeadLettersResponse,
+            ),
+            _Method(
+                "DeadLetterCounts",
+                admin_pb2.DeadLetterCountsRequest,
+                admin_pb2.DeadLetterCountsResponse,
+            ),
+            _Method("Redrive", admin_pb2.RedriveRequest, admin_pb2.RedriveResponse),
+        ),
+    ),
 }
 """Every public service, by short name: its full name and its methods."""
 
@@ -560,6 +578,53 @@ def _absurd_requests(method: str, rng: random.Random) -> list[tuple[str, Any]]:
                 ("huge task id", frontend_pb2.CancelRequest(task_id=long)),
                 ("unknown task", frontend_pb2.CancelRequest(task_id=_rid(rng), requested_by="g")),
                 ("huge reason", frontend_pb2.CancelRequest(task_id=_rid(rng), reason=big)),
+            ]
+        case "SetGate":
+            nolambda = _rid(rng, "nolambda")
+            return [
+                ("no action", admin_pb2.SetGateRequest(gate=admin_pb2.Gate(lambda_name=nolambda))),
+                (
+                    "bad collection",
+                    admin_pb2.SetGateRequest(
+                        gate=admin_pb2.Gate(
+                            lambda_name=nolambda,
+                            collection="a/b",
+                            action=admin_pb2.GATE_ACTION_DROP,
+                        )
+                    ),
+                ),
+                (
+                    "unknown lambda",
+                    admin_pb2.SetGateRequest(
+                        gate=admin_pb2.Gate(lambda_name=nolambda, action=admin_pb2.GATE_ACTION_DROP)
+                    ),
+                ),
+                (
+                    "huge reason",
+                    admin_pb2.SetGateRequest(
+                        gate=admin_pb2.Gate(
+                            lambda_name=nolambda, action=admin_pb2.GATE_ACTION_PAUSE, reason=big
+                        )
+                    ),
+                ),
+            ]
+        case "ListGates":
+            return [("huge lambda", admin_pb2.ListGatesRequest(lambda_name=long))]
+        case "ListDeadLetters":
+            return [
+                ("negative page size", admin_pb2.ListDeadLettersRequest(page_size=-1)),
+                ("foreign page token", admin_pb2.ListDeadLettersRequest(page_token=long)),
+            ]
+        case "DeadLetterCounts":
+            return [("huge lambda", admin_pb2.DeadLetterCountsRequest(lambda_name=long))]
+        case "Redrive":
+            return [
+                ("no reason", admin_pb2.RedriveRequest(task_ids=[_rid(rng)])),
+                (
+                    "unknown tasks",
+                    admin_pb2.RedriveRequest(task_ids=[_rid(rng), _rid(rng)], reason="garbage"),
+                ),
+                ("nothing to redrive", admin_pb2.RedriveRequest(reason="garbage")),
             ]
         case "History":
             return [

@@ -341,6 +341,7 @@ class Injector:
             ("Frontend", system.frontend_address),
             ("HeartbeatStatus", system.hsc_address),
             ("Controller", system.controller_address),
+            ("Admin", system.frontend_address),
         ):
             for method, code, details in garbage.garbage_grpc(address, service, self.rng):
                 self.garbage_answers[code] += 1

@@ -26,6 +26,7 @@ from atf_es._proto.atf.v1 import (
     worker_pb2,
     worker_pb2_grpc,
 )
+from atf_es.client import Client
 from atf_es.clock import now_ms
 from atf_es.config import Settings, load_settings
 from atf_es.events import LambdaPolicy, QueryTask, ScheduleTask, Task, TaskStatus
@@ -283,6 +284,17 @@ EXPECTED_CODES = {
     "History: empty task id": "INVALID_ARGUMENT",
     "History: huge task id": "INVALID_ARGUMENT",
     "History: unknown task": "NOT_FOUND",
+    "SetGate: no action": "INVALID_ARGUMENT",
+    "SetGate: bad collection": "INVALID_ARGUMENT",
+    "SetGate: unknown lambda": "NOT_FOUND",
+    "SetGate: huge reason": "INVALID_ARGUMENT",
+    "ListGates: huge lambda": "OK",
+    "ListDeadLetters: negative page size": "INVALID_ARGUMENT",
+    "ListDeadLetters: foreign page token": "INVALID_ARGUMENT",
+    "DeadLetterCounts: huge lambda": "INVALID_ARGUMENT",
+    "Redrive: no reason": "INVALID_ARGUMENT",
+    "Redrive: unknown tasks": "OK",
+    "Redrive: nothing to redrive": "INVALID_ARGUMENT",
     "Watch: huge task id": "INVALID_ARGUMENT",
     "Watch: two starts": "INVALID_ARGUMENT",
     "Watch: unspecified status": "INVALID_ARGUMENT",
@@ -323,6 +335,21 @@ def check_answers(answers: list[GrpcAnswer]) -> None:
             assert answer.code == EXPECTED_CODES[answer.method], shown
         if answer.code != "OK":
             assert len(answer.details) <= 1_000, shown
+
+
+def test_garbage_at_the_admin_gets_clear_statuses_and_it_still_gates(system: System) -> None:
+    answers = garbage_grpc(
+        system.frontend_address, "Admin", random.Random(2), budget=120, call_timeout=15
+    )
+    check_answers(answers)
+    redrive = next(a for a in answers if a.method == "Redrive: unknown tasks")
+    assert redrive.details.count("REPLY_CODE_NOT_FOUND") == 2, redrive
+    # Nothing was gated, and a real gate still works.
+    with Client(system.frontend_address, timeout=20) as atf:
+        assert atf.gates() == []
+        assert atf.pause("plain", "after-garbage").name == "plain/after-garbage"
+        assert [g.name for g in atf.gates()] == ["plain/after-garbage"]
+        atf.resume("plain", "after-garbage")
 
 
 def test_garbage_at_the_frontend_gets_clear_statuses_and_it_still_schedules(
