@@ -176,8 +176,7 @@ class App:
         """Publish every lambda's policy to the control topic (and create its queues)."""
         from atf_es.services.control import define_lambda
 
-        for registered in self._lambdas.values():
-            define_lambda(settings, bootstrap, registered.policy)
+        define_lambda(settings, bootstrap, *(r.policy for r in self._lambdas.values()))
 
 
 class AppLoadError(Exception):

@@ -35,8 +35,7 @@ def prepare(settings: Settings, *policies: LambdaPolicy) -> Topics:
     """Create the core topics and define ``policies``."""
     assert settings.kafka_bootstrap is not None
     ensure_topics(settings.kafka_bootstrap, core_topic_specs(settings), settings.kafka_config)
-    for policy in policies:
-        define_lambda(settings, settings.kafka_bootstrap, policy)
+    define_lambda(settings, settings.kafka_bootstrap, *policies)
     return Topics(settings.topic_prefix)
 
 

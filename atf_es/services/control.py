@@ -30,22 +30,35 @@ from atf_es.topics import Topics, exec_topic_spec
 log = logging.getLogger(__name__)
 
 
-def define_lambda(settings: Settings, bootstrap: str, policy: LambdaPolicy) -> None:
-    """Publish ``policy`` and make sure its execution topics exist."""
+def define_lambda(settings: Settings, bootstrap: str, *policies: LambdaPolicy) -> None:
+    """Publish ``policies`` and make sure their execution topics exist.
+
+    One topic-creation round and one producer for them all: defining an app's
+    lambdas one call each costs a producer's start and a flush per lambda.
+    """
+    if not policies:
+        return
     ensure_topics(
         bootstrap,
-        [exec_topic_spec(settings, policy.name, p) for p in range(policy.priorities)],
+        [
+            exec_topic_spec(settings, policy.name, p)
+            for policy in policies
+            for p in range(policy.priorities)
+        ],
         settings.kafka_config,
         replication_factor=settings.replication_factor,
     )
     producer = kafka_clients.producer(bootstrap, settings.kafka_config)
-    producer.produce(
-        Topics(settings.topic_prefix).control,
-        key=control_key(policy.name).encode(),
-        value=encode_lambda(policy, now_ms()),
-    )
+    at = now_ms()
+    for policy in policies:
+        producer.produce(
+            Topics(settings.topic_prefix).control,
+            key=control_key(policy.name).encode(),
+            value=encode_lambda(policy, at),
+        )
     if producer.flush(30) != 0:
-        raise RuntimeError(f"could not publish lambda {policy.name!r} to the control topic")
+        names = ", ".join(repr(policy.name) for policy in policies)
+        raise RuntimeError(f"could not publish lambda {names} to the control topic")
 
 
 def publish_gate(settings: Settings, bootstrap: str, gate: Gate) -> None:
