@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import shutil
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -133,9 +132,10 @@ def test_until_between_two_transitions_reproduces_the_state_at_that_time(
             ),
             message="the first transitions",
         )
-        time.sleep(0.02)  # so that `between` is strictly after them and before the rest
-        between = now_ms()
-        time.sleep(0.02)
+        # `between` strictly after them and before the rest, on the millisecond clock.
+        first = now_ms()
+        between = wait_for(lambda: (t := now_ms()) > first and t, 5, "the clock to move")
+        wait_for(lambda: now_ms() > between, 5, "the clock to move past `between`")
         sender.send(ClaimTask(uuid.uuid4().hex, claimed, 1, "worker-1"))
         sender.send(CancelTask(uuid.uuid4().hex, cancelled, "test", "not needed"))
         later = sender.schedule("send_email")
