@@ -707,8 +707,12 @@ def _cmd_executor(args: argparse.Namespace, settings: Settings, out: TextIO) -> 
         args.controller or settings.controller_address,
         args.hsc or settings.hsc_address,
         threads=args.threads,
+        prefetch=bool(settings.executor_prefetch),
     )
-    print(f"executor: {args.threads} threads for {args.lambda_name}", file=out, flush=True)
+    prefetch = ", prefetching" if settings.executor_prefetch else ""
+    print(
+        f"executor: {args.threads} threads for {args.lambda_name}{prefetch}", file=out, flush=True
+    )
     executor.run_forever()
     return EXIT_OK
 

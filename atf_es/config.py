@@ -163,6 +163,13 @@ class Settings:
     priority_aging_ms: int = 60_000
     """With ``priority_policy = "aging"``: how long an item waits in a Controller's
     buffer before it is served ahead of higher priorities."""
+    executor_prefetch: int = 0
+    """1: each executor thread claims its next task while it runs the current
+    one, so the claim's round trip through the processor is off the thread's
+    path (like Celery's and Dramatiq's prefetch). The cost: a task claimed
+    behind a callback that runs longer than the lambda's ``claim_timeout_ms``
+    is enqueued again after that timeout. 0 (the default): a thread claims a
+    task only when it is free to run it."""
     kafka_config: Mapping[str, str] = field(default_factory=dict)
     """librdkafka properties passed to every client (SASL, SSL, ...)."""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -222,6 +229,7 @@ class Settings:
             "max_batch": (1, 100_000),
             "commit_interval_ms": (0, 10_000),
             "priority_aging_ms": (1, DAY_MS),
+            "executor_prefetch": (0, 1),
         }
         for name, (low, high) in limits.items():
             value = getattr(self, name)
@@ -273,6 +281,7 @@ _INT_FIELDS = {
     "max_batch",
     "commit_interval_ms",
     "priority_aging_ms",
+    "executor_prefetch",
 }
 
 

@@ -148,6 +148,7 @@ class Executor:
         threads: int = 4,
         worker_id: str | None = None,
         wait_ms: int = NEXT_WORK_WAIT_MS,
+        prefetch: bool = False,
         on_heartbeats_lost: Callable[[TaskContext], object] = exit_on_heartbeats_lost,
     ) -> None:
         registered = app.lambdas.get(lambda_name)
@@ -167,6 +168,9 @@ class Executor:
         self.threads = threads
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.wait_ms = wait_ms
+        self.prefetch = prefetch
+        """Each thread claims its next task while it runs the current one
+        (``Settings.executor_prefetch``; docs/benchmarks.md)."""
         self.on_heartbeats_lost = on_heartbeats_lost
         # The policy guarantees heartbeat_timeout > 3 x interval + margin, and the
         # margin exists to cover one heartbeat RPC: a deadline up to
@@ -284,9 +288,13 @@ class Executor:
 
     def _work_loop(self, worker: str) -> None:
         errors = 0
+        # With prefetch: the NextWork call for this thread's next task, made
+        # while it runs the current one.
+        ahead: grpc.Future | None = None
         while not self._stopping.is_set():
             try:
-                items = self._next_work(worker)
+                call, ahead = ahead or self._ask(worker), None
+                items = self._answer(call)
             except (grpc.RpcError, grpc.FutureCancelledError) as exc:
                 if self._stopping.is_set():
                     return
@@ -296,10 +304,20 @@ class Executor:
                 self._stopping.wait(delay)
                 continue
             errors = 0
-            for item in items:
+            for index, item in enumerate(items):
+                if self.prefetch and index == len(items) - 1 and not self._stopping.is_set():
+                    # The claim of the next task overlaps this one's start and
+                    # run: one processor round trip fewer on the thread's path.
+                    ahead = self._ask(worker)
                 self._run(item, worker)
+        if ahead is not None:
+            # A task it claimed anyway comes back after its claim timeout.
+            ahead.cancel()
+            with self._lock:
+                self._calls.discard(ahead)
 
-    def _next_work(self, worker: str) -> list[common_pb2.WorkItem]:
+    def _ask(self, worker: str) -> grpc.Future:
+        """Start a NextWork long poll for ``worker``; ``stop()`` cancels it."""
         controller = self._controller
         assert controller is not None
         request = worker_pb2.NextWorkRequest(
@@ -308,9 +326,12 @@ class Executor:
         call = controller.NextWork.future(request, timeout=self.wait_ms / 1000 + 10)
         with self._lock:
             self._calls.add(call)
+        if self._stopping.is_set():
+            call.cancel()
+        return call
+
+    def _answer(self, call: grpc.Future) -> list[common_pb2.WorkItem]:
         try:
-            if self._stopping.is_set():
-                call.cancel()
             return list(call.result().items)
         finally:
             with self._lock:

@@ -57,6 +57,7 @@ class Recorder:
     saw_cancel: threading.Event = field(default_factory=threading.Event)
     attempts: list[int] = field(default_factory=list)
     release: threading.Event = field(default_factory=threading.Event)
+    runs: list[str] = field(default_factory=list)
 
 
 def make_app(recorder: Recorder) -> App:
@@ -94,6 +95,16 @@ def make_app(recorder: Recorder) -> App:
         recorder.started.set()
         recorder.release.wait(30)
         return "released"
+
+    def held(task: TaskContext) -> str:
+        recorder.runs.append(task.task_id)
+        if task.payload == b"block":
+            recorder.started.set()
+            recorder.release.wait(30)
+        return "ran"
+
+    app.lambda_("held", **FAST)(held)
+    app.lambda_("held_briefly", **{**FAST, "claim_timeout_ms": 1_500})(held)
 
     @app.lambda_("looping", **FAST)
     def looping(task: TaskContext) -> str:
@@ -265,6 +276,42 @@ def test_new_work_wakes_the_executor_that_can_take_it(system: System) -> None:
     wait_for(lambda: system.controller.stats.waiting == 4, 20, "the 4th idle executor to wait")
     task_id = system.schedule("ok")
     system.wait_status(task_id, TaskStatus.SUCCESS, timeout=15)
+
+
+def test_with_prefetch_a_thread_claims_its_next_task_while_it_runs_one(system: System) -> None:
+    executor = system.executor("held", threads=1, prefetch=True)
+    running = system.schedule("held", b"block")
+    assert system.recorder.started.wait(15), "the first task did not start"
+    waiting = system.schedule("held")
+    claimed = system.wait_status(waiting, TaskStatus.CLAIMED)
+    assert claimed.worker == f"{executor.worker_id}.0"
+    system.recorder.release.set()
+    for task_id in (running, waiting):
+        assert system.wait_status(task_id, TaskStatus.SUCCESS).attempts == 1
+    assert system.recorder.runs == [running, waiting]
+    assert executor.stats.not_started == 0
+
+
+def test_a_prefetched_claim_that_timed_out_is_not_run_on_its_old_lease(system: System) -> None:
+    # The thread holds the second task's claim while the first runs past the
+    # claim timeout: the task is enqueued again on a new lease, and the thread
+    # must not start it on the old one (never concurrently), only on the new.
+    executor = system.executor("held_briefly", threads=1, prefetch=True)
+    running = system.schedule("held_briefly", b"block")
+    assert system.recorder.started.wait(15), "the first task did not start"
+    waiting = system.schedule("held_briefly")
+    first = system.wait_status(waiting, TaskStatus.CLAIMED)
+    wait_for(
+        lambda: system.task(waiting).lease > first.lease,
+        15,
+        "the claim timeout to enqueue the prefetched task again",
+    )
+    system.recorder.release.set()
+    assert system.wait_status(running, TaskStatus.SUCCESS).attempts == 1
+    done = system.wait_status(waiting, TaskStatus.SUCCESS)
+    assert done.lease > first.lease
+    assert system.recorder.runs.count(waiting) == 1
+    wait_for(lambda: executor.stats.not_started == 1, 10, "the stale claim to be let go")
 
 
 def test_buffered_tasks_run_highest_priority_first(system: System) -> None:
