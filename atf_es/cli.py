@@ -475,6 +475,74 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_redrive.add_argument("--by", default="", help="who (default: your user name)")
     dlq_redrive.add_argument("--yes", action="store_true", help="redrive the set, do not preview")
     dlq_redrive.set_defaults(handler=_cmd_dlq_redrive)
+
+    periodic = sub(
+        "periodic",
+        "add, list, pause, resume and remove periodic schedules",
+        "A periodic schedule schedules one task of a lambda at each occurrence of a "
+        "cron expression (in a time zone) or of a fixed interval. The processor that "
+        "owns the schedule's partition fires it: no scheduler process to run, and each "
+        "occurrence is one task (id periodic:<name>:<ms>) even across restarts. Gates "
+        "hold its tasks like any other. See docs/periodic.md.",
+    )
+    periodic_actions = periodic.add_subparsers(
+        dest="periodic_action", metavar="ACTION", required=True
+    )
+
+    def periodic_sub(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        child = periodic_actions.add_parser(
+            name,
+            help=help_text,
+            description=textwrap.fill(description, 79),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        _common_options(child, suppress=True)
+        _frontend_option(child)
+        return child
+
+    periodic_add = periodic_sub(
+        "add",
+        "add a schedule, or replace the one of that name",
+        "Add a periodic schedule, or replace the one of that name. Give --cron or "
+        "--every. No occurrence before now fires. Misfires (occurrences the owner "
+        "reached late, after an outage): 'catch_up' (the default) fires the latest "
+        "--catch-up-max of them (default 1), 'skip' fires only those at most --grace "
+        "late.",
+    )
+    periodic_add.add_argument("name", metavar="NAME")
+    periodic_add.add_argument("lambda_name", metavar="LAMBDA")
+    when = periodic_add.add_mutually_exclusive_group(required=True)
+    when.add_argument("--cron", metavar="EXPR", help="'M H DOM MON DOW', or @hourly, @daily...")
+    when.add_argument("--every", metavar="DURATION", help="an interval: 500ms, 1s, 15m, 2h, 1d")
+    periodic_add.add_argument("--tz", default="UTC", metavar="ZONE", help="for --cron (IANA)")
+    periodic_add.add_argument("--payload", default="", help="each task's payload, as text")
+    periodic_add.add_argument("--collection", default="default")
+    periodic_add.add_argument("--priority", type=int, default=0)
+    periodic_add.add_argument("--start", metavar="TIME", help="no occurrence before (ISO 8601)")
+    periodic_add.add_argument("--end", metavar="TIME", help="no occurrence after (ISO 8601)")
+    periodic_add.add_argument("--misfire", choices=("catch_up", "skip"), default="catch_up")
+    periodic_add.add_argument("--catch-up-max", type=int, default=1, metavar="N")
+    periodic_add.add_argument("--grace", metavar="DURATION", help="for --misfire skip (5s)")
+    periodic_add.add_argument("--by", default="", help="who (default: your user name)")
+    periodic_add.set_defaults(handler=_cmd_periodic_add)
+
+    periodic_list = periodic_sub(
+        "list", "list the schedules, with when each fires next", "List periodic schedules."
+    )
+    periodic_list.add_argument("lambda_name", nargs="?", metavar="LAMBDA", help="only this one's")
+    periodic_list.add_argument("--json", action="store_true", help="print JSON")
+    periodic_list.set_defaults(handler=_cmd_periodic_list)
+
+    for action, text in (
+        ("pause", "stop firing a schedule (what falls in between is not caught up)"),
+        ("resume", "fire a paused schedule again, from its next occurrence"),
+        ("remove", "remove a schedule (the tasks it scheduled stay)"),
+    ):
+        child = periodic_sub(action, text, text[0].upper() + text[1:] + ".")
+        child.add_argument("name", metavar="NAME")
+        if action != "remove":
+            child.add_argument("--by", default="", help="who (default: your user name)")
+        child.set_defaults(handler=_cmd_periodic_change)
     return parser
 
 
@@ -920,6 +988,108 @@ def _parse_when(text: str) -> int | None:
     if age is not None:
         return round(time.time() * 1000 - float(age[1]) * _AGE_SECONDS[age[2]] * 1000)
     return _parse_time(text)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
+_DURATION_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def _parse_duration_ms(text: str) -> int | None:
+    """Milliseconds from ``500ms``, ``1s``, ``1.5m``, ``2h``, ``1d``; None if not one."""
+    found = _DURATION.fullmatch(text.strip().lower())
+    if found is None:
+        return None
+    return round(float(found[1]) * _DURATION_MS[found[2]])
+
+
+def _cmd_periodic_add(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    def usage(message: str) -> int:
+        print(f"atf-es periodic add: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+    every = grace = start = end = None
+    if args.every is not None and (every := _parse_duration_ms(args.every)) is None:
+        return usage(f"--every {args.every!r} is not a duration (500ms, 1s, 15m, 2h, 1d)")
+    if args.grace is not None and (grace := _parse_duration_ms(args.grace)) is None:
+        return usage(f"--grace {args.grace!r} is not a duration (500ms, 1s, 15m, 2h, 1d)")
+    for option in ("start", "end"):
+        text = getattr(args, option)
+        if text is not None and _parse_time(text) is None:
+            return usage(
+                f"--{option} {text!r} is not a time: give ISO 8601 with a time zone "
+                "(2026-12-03T09:00:00+01:00) or epoch milliseconds"
+            )
+    if args.start is not None:
+        start = _parse_time(args.start)
+    if args.end is not None:
+        end = _parse_time(args.end)
+    with Client(args.frontend or settings.frontend_address) as client:
+        info = client.set_periodic(
+            args.name,
+            args.lambda_name,
+            cron=args.cron,
+            every=None if every is None else every / 1000,
+            payload=args.payload.encode(),
+            collection=args.collection,
+            priority=args.priority,
+            time_zone=args.tz,
+            start_ms=start,
+            end_ms=end,
+            misfire=args.misfire,
+            catch_up_max=args.catch_up_max,
+            misfire_grace_ms=grace,
+            by=f"{args.by or _user()} (atf-es periodic)",
+        )
+    nxt = "never (it has ended)" if info.next_fire_ms is None else f"{_utc(info.next_fire_ms)} UTC"
+    print(f"{info.name}: {info.lambda_name} {info.when}; fires next at {nxt}", file=out)
+    return EXIT_OK
+
+
+def _cmd_periodic_list(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    with Client(args.frontend or settings.frontend_address) as client:
+        schedules = client.periodic(args.lambda_name)
+    if args.json:
+        rows = [
+            dataclasses.asdict(info) | {"payload": info.payload.decode("utf-8", "replace")}
+            for info in schedules
+        ]
+        print(json.dumps(rows, indent=2), file=out)
+        return EXIT_OK
+    if not schedules:
+        print("no periodic schedules", file=out)
+    for info in schedules:
+        if info.paused:
+            state = "paused"
+        elif info.next_fire_ms is None:
+            state = "ended"
+        else:
+            state = f"next {_utc(info.next_fire_ms)} UTC"
+        target = f"{info.lambda_name}/{info.collection} p{info.priority}"
+        print(
+            f"{info.name:<24} {target:<30} {info.when:<32} {state}  by {info.set_by}",
+            file=out,
+        )
+    return EXIT_OK
+
+
+def _cmd_periodic_change(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    action = args.periodic_action
+    with Client(args.frontend or settings.frontend_address) as client:
+        if action == "remove":
+            if not client.remove_periodic(args.name):
+                print(
+                    f"atf-es periodic remove: there is no schedule {args.name!r}", file=sys.stderr
+                )
+                return EXIT_FAILURE
+            print(f"{args.name}: removed", file=out)
+            return EXIT_OK
+        by = f"{args.by or _user()} (atf-es periodic)"
+        if action == "pause":
+            info = client.pause_periodic(args.name, by=by)
+        else:
+            info = client.resume_periodic(args.name, by=by)
+    print(f"{info.name}: {'paused' if info.paused else 'resumed'}", file=out)
+    return EXIT_OK
 
 
 def _dlq_times(args: argparse.Namespace, command: str) -> tuple[int | None, int | None] | None:

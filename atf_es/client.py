@@ -319,6 +319,67 @@ class GateInfo:
         )
 
 
+_MISFIRE_NAMES = {admin_pb2.MISFIRE_SKIP: "skip", admin_pb2.MISFIRE_CATCH_UP: "catch_up"}
+_MISFIRE_VALUES = {name: value for value, name in _MISFIRE_NAMES.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodicInfo:
+    """A periodic schedule as the control topic holds it (docs/periodic.md)."""
+
+    name: str
+    lambda_name: str
+    collection: str
+    priority: int
+    payload: bytes
+    cron: str | None
+    every_ms: int | None
+    time_zone: str
+    start_ms: int | None
+    end_ms: int | None
+    misfire: str
+    """"skip" or "catch_up"."""
+    catch_up_max: int
+    misfire_grace_ms: int
+    paused: bool
+    set_by: str
+    defined_at_ms: int
+    next_fire_ms: int | None
+    """When it fires next; None if paused or ended."""
+
+    @property
+    def when(self) -> str:
+        if self.cron is not None:
+            return f"cron {self.cron} ({self.time_zone})"
+        return f"every {self.every_ms} ms"
+
+    @classmethod
+    def from_proto(cls, message: admin_pb2.PeriodicSchedule) -> PeriodicInfo:
+        def optional(name: str) -> Any:
+            return getattr(message, name) if message.HasField(name) else None
+
+        when = message.WhichOneof("when")
+        return cls(
+            name=message.name,
+            lambda_name=message.lambda_name,
+            collection=message.collection,
+            priority=message.priority,
+            payload=message.payload,
+            cron=message.cron if when == "cron" else None,
+            every_ms=message.every_ms if when == "every_ms" else None,
+            time_zone=message.time_zone,
+            start_ms=optional("start_ms"),
+            end_ms=optional("end_ms"),
+            misfire=_MISFIRE_NAMES.get(message.misfire, "catch_up"),
+            catch_up_max=message.catch_up_max,
+            misfire_grace_ms=message.misfire_grace_ms,
+            paused=message.paused,
+            set_by=message.set_by,
+            defined_at_ms=message.defined_at_ms,
+            next_fire_ms=message.next_fire_ms or None,
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetterFilter:
     """A set of dead letters of one lambda, for ``Client.redrive`` (and ``dead_letters``).
@@ -803,6 +864,81 @@ class Client:
                 break
         return RedriveResult(replies)
 
+    def set_periodic(
+        self,
+        name: str,
+        lambda_name: str,
+        *,
+        cron: str | None = None,
+        every: float | None = None,
+        payload: bytes = b"",
+        collection: str = "",
+        priority: int = 0,
+        time_zone: str = "UTC",
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        misfire: str = "catch_up",
+        catch_up_max: int = 1,
+        misfire_grace_ms: int | None = None,
+        by: str = "",
+    ) -> PeriodicInfo:
+        """Add a periodic schedule, or replace the one called ``name``.
+
+        Exactly one of ``cron`` (five fields or a macro such as ``@daily``, in
+        ``time_zone``) and ``every`` (seconds, at least 0.1). Each occurrence
+        schedules one task, whose id is ``periodic:<name>:<ms>[~N]``.
+
+        >>> atf.set_periodic("nightly", "report", cron="0 3 * * *")  # doctest: +SKIP
+        """
+        if misfire not in _MISFIRE_VALUES:
+            raise InvalidArgument(f"misfire must be 'skip' or 'catch_up', got {misfire!r}")
+        message = admin_pb2.PeriodicSchedule(
+            name=name,
+            lambda_name=lambda_name,
+            collection=collection,
+            priority=priority,
+            payload=payload,
+            time_zone=time_zone,
+            misfire=_MISFIRE_VALUES[misfire],
+            catch_up_max=catch_up_max,
+            set_by=by,
+        )
+        if cron is not None:
+            message.cron = cron
+        if every is not None:
+            message.every_ms = round(every * 1000)
+        if start_ms is not None:
+            message.start_ms = start_ms
+        if end_ms is not None:
+            message.end_ms = end_ms
+        if misfire_grace_ms is not None:
+            message.misfire_grace_ms = misfire_grace_ms
+        request = admin_pb2.SetPeriodicRequest(schedule=message)
+        return PeriodicInfo.from_proto(self._call(self._admin.SetPeriodic, request).schedule)
+
+    def periodic(self, lambda_name: str | None = None) -> list[PeriodicInfo]:
+        """The periodic schedules (of one lambda, or of all), by name."""
+        request = admin_pb2.ListPeriodicRequest()
+        if lambda_name is not None:
+            request.lambda_name = lambda_name
+        response = self._call(self._admin.ListPeriodic, request)
+        return [PeriodicInfo.from_proto(schedule) for schedule in response.schedules]
+
+    def pause_periodic(self, name: str, *, by: str = "") -> PeriodicInfo:
+        """Stop firing ``name`` until resumed; the occurrences in between are not caught up."""
+        request = admin_pb2.PausePeriodicRequest(name=name, paused=True, set_by=by)
+        return PeriodicInfo.from_proto(self._call(self._admin.PausePeriodic, request).schedule)
+
+    def resume_periodic(self, name: str, *, by: str = "") -> PeriodicInfo:
+        """Fire ``name`` again, from its next occurrence."""
+        request = admin_pb2.PausePeriodicRequest(name=name, paused=False, set_by=by)
+        return PeriodicInfo.from_proto(self._call(self._admin.PausePeriodic, request).schedule)
+
+    def remove_periodic(self, name: str) -> bool:
+        """Remove ``name``; False if there was none. Tasks it scheduled stay."""
+        request = admin_pb2.RemovePeriodicRequest(name=name)
+        return bool(self._call(self._admin.RemovePeriodic, request).removed)
+
     def _set_gate(
         self,
         action: admin_pb2.GateAction,
@@ -962,6 +1098,7 @@ __all__ = [
     "HistoryEntry",
     "InvalidArgument",
     "NotFound",
+    "PeriodicInfo",
     "RedriveReply",
     "RedriveResult",
     "ResourceExhausted",

@@ -27,40 +27,10 @@ from atf_es import kafka_clients
 from atf_es.config import Settings
 from atf_es.events import Event, Task
 from atf_es.events.codec import DecodeError, decode_event
+from atf_es.events.placement import murmur2, partition_of
 from atf_es.topics import Topics
 
 READ_CHUNK = 5_000
-
-
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 hash (as Java's and librdkafka's partitioners compute it)."""
-    m = 0x5BD1E995
-    length = len(data)
-    h = (0x9747B28C ^ length) & 0xFFFFFFFF
-    whole = length - length % 4
-    for i in range(0, whole, 4):
-        k = int.from_bytes(data[i : i + 4], "little")
-        k = (k * m) & 0xFFFFFFFF
-        k ^= k >> 24
-        k = (k * m) & 0xFFFFFFFF
-        h = ((h * m) & 0xFFFFFFFF) ^ k
-    extra = length % 4
-    if extra == 3:
-        h ^= data[whole + 2] << 16
-    if extra >= 2:
-        h ^= data[whole + 1] << 8
-    if extra >= 1:
-        h ^= data[whole]
-        h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 15
-    return h
-
-
-def partition_of(task_id: str, partitions: int) -> int:
-    """The commands and task-events partition of ``task_id``."""
-    return (murmur2(task_id.encode()) & 0x7FFFFFFF) % partitions
 
 
 @dataclass(frozen=True, slots=True)

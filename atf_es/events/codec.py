@@ -32,6 +32,7 @@ from fastavro.schema import to_parsing_canonical_form
 
 from atf_es.events.commands import Command
 from atf_es.events.gates import Gate
+from atf_es.events.periodic import PeriodicSchedule
 from atf_es.events.policy import LambdaPolicy
 from atf_es.events.records import (
     CommandEnvelope,
@@ -43,6 +44,7 @@ from atf_es.events.records import (
     event_to_record,
     gate_to_record,
     lambda_to_record,
+    periodic_to_record,
     poison_from_record,
     poison_to_record,
     reply_from_record,
@@ -77,6 +79,7 @@ __all__ = [
     "encode_event",
     "encode_gate",
     "encode_lambda",
+    "encode_periodic",
     "encode_poison",
     "encode_reply",
     "encode_task",
@@ -332,7 +335,11 @@ def encode_gate(gate: Gate) -> bytes:
     return _encode("ControlRecord", gate_to_record, gate)
 
 
-def decode_control(data: bytes | bytearray | memoryview) -> LambdaPolicy | Gate:
+def encode_periodic(schedule: PeriodicSchedule) -> bytes:
+    return _encode("ControlRecord", periodic_to_record, schedule)
+
+
+def decode_control(data: bytes | bytearray | memoryview) -> LambdaPolicy | Gate | PeriodicSchedule:
     record = get_codec("ControlRecord").decode(data)
     try:
         return control_from_record(record)

@@ -31,6 +31,7 @@ from atf_es.events.commands import (
     SetResult,
 )
 from atf_es.events.gates import Gate, GateAction
+from atf_es.events.periodic import Misfire, PeriodicError, PeriodicSchedule
 from atf_es.events.policy import FailureKind, LambdaPolicy
 from atf_es.events.replies import PoisonRecord, Reply, ReplyCode
 from atf_es.events.status import TaskStatus
@@ -70,6 +71,7 @@ __all__ = [
     "event_to_record",
     "gate_to_record",
     "lambda_to_record",
+    "periodic_to_record",
     "poison_from_record",
     "poison_to_record",
     "reply_from_record",
@@ -499,6 +501,7 @@ def poison_from_record(rec: Record) -> PoisonRecord:
 
 _LAMBDA_DEFINITION: Final = f"{NAMESPACE}.LambdaDefinition"
 _GATE: Final = f"{NAMESPACE}.Gate"
+_PERIODIC: Final = f"{NAMESPACE}.PeriodicSchedule"
 
 
 def lambda_to_record(policy: LambdaPolicy, at: int) -> Record:
@@ -523,7 +526,29 @@ def gate_to_record(gate: Gate) -> Record:
     return {"name": gate.key, "at": gate.set_at, "body": (_GATE, body)}
 
 
-def control_from_record(rec: Record) -> LambdaPolicy | Gate:
+def periodic_to_record(schedule: PeriodicSchedule) -> Record:
+    """A periodic schedule for the control topic, keyed ``periodic/<name>``."""
+    body: Record = {
+        "schedule_name": schedule.name,
+        "lambda_name": schedule.lambda_name,
+        "collection": schedule.collection,
+        "priority": _int32("priority", schedule.priority),
+        "payload": schedule.payload,
+        "cron": schedule.cron,
+        "every_ms": schedule.every_ms,
+        "timezone": schedule.timezone,
+        "start_ms": schedule.start_ms,
+        "end_ms": schedule.end_ms,
+        "misfire": schedule.misfire.name,
+        "catch_up_max": schedule.catch_up_max,
+        "misfire_grace_ms": schedule.misfire_grace_ms,
+        "paused": schedule.paused,
+        "set_by": schedule.set_by,
+    }
+    return {"name": schedule.key, "at": schedule.defined_at, "body": (_PERIODIC, body)}
+
+
+def control_from_record(rec: Record) -> LambdaPolicy | Gate | PeriodicSchedule:
     # fastavro names the branch of a union only while it has more than one
     # record (ControlRecord v1 had one).
     kind, body = (
@@ -538,6 +563,28 @@ def control_from_record(rec: Record) -> LambdaPolicy | Gate:
             set_by=body["set_by"],
             set_at=rec["at"],
         )
+    if kind == _PERIODIC:
+        try:
+            return PeriodicSchedule(
+                name=body["schedule_name"],
+                lambda_name=body["lambda_name"],
+                collection=body["collection"],
+                priority=body["priority"],
+                payload=body["payload"],
+                cron=body["cron"],
+                every_ms=body["every_ms"],
+                timezone=body["timezone"],
+                start_ms=body["start_ms"],
+                end_ms=body["end_ms"],
+                misfire=_enum(Misfire, body["misfire"]),
+                catch_up_max=body["catch_up_max"],
+                misfire_grace_ms=body["misfire_grace_ms"],
+                paused=body["paused"],
+                set_by=body["set_by"],
+                defined_at=rec["at"],
+            )
+        except PeriodicError as exc:
+            raise RecordError(str(exc)) from exc
     if kind != _LAMBDA_DEFINITION:
         raise RecordError(f"unknown control record body {kind!r}")
     values = {k: v for k, v in body.items() if k not in ("lambda_name", "default_failure")}

@@ -202,6 +202,10 @@ class TaskStore(Protocol):
         """Every stored snapshot, in task_id byte order."""
         ...
 
+    def last_id_with_prefix(self, prefix: str) -> str | None:
+        """The greatest stored task id (in byte order) that starts with ``prefix``."""
+        ...
+
     def close(self) -> None:
         """Release the store; closing twice is fine."""
         ...
@@ -520,6 +524,10 @@ class MemoryTaskStore:
         for task_id in sorted(self._tasks):
             yield self._tasks[task_id]
 
+    def last_id_with_prefix(self, prefix: str) -> str | None:
+        self._check_open()
+        return max((task_id for task_id in self._tasks if task_id.startswith(prefix)), default=None)
+
 
 def _due(entries: list[tuple[int, str]], now: int, limit: int) -> list[tuple[int, str]]:
     if limit <= 0:
@@ -824,6 +832,19 @@ class RocksTaskStore:
                 entries.append((it.key(), it.value()))
                 it.next()
             return entries
+        finally:
+            del it
+
+    def last_id_with_prefix(self, prefix: str) -> str | None:
+        self._live()
+        start = prefix.encode()
+        it = self._cf["tasks"].iter(ReadOptions())
+        try:
+            # No UTF-8 text holds the byte 0xff: every id with the prefix sorts below this.
+            it.seek_for_prev(start + b"\xff")
+            if it.valid() and (key := it.key()).startswith(start):
+                return str(key.decode())
+            return None
         finally:
             del it
 

@@ -16,6 +16,11 @@ each task with the processor's reply: a task that is no longer dead-lettered
 gets ``REPLY_CODE_WRONG_STATE``, the others go back to ``new`` with a fresh
 set of attempts. The service owns the view (and a gateway it created):
 ``close()`` releases them. See docs/dead-letters.md.
+
+Periodic schedules (``SetPeriodic``, ``ListPeriodic``, ``PausePeriodic``,
+``RemovePeriodic``) are control-topic entries too, written and read back
+like gates; the processor owning each one's partition fires it. See
+docs/periodic.md.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from dataclasses import replace
 from typing import Any, NoReturn
 
 import grpc
@@ -31,9 +37,10 @@ from confluent_kafka import KafkaException
 from atf_es._proto.atf.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 from atf_es.clock import now_ms
 from atf_es.events import Command, Gate, GateAction, GateError, RedriveTask, Task
+from atf_es.events.periodic import SCHEDULE_NAME, Misfire, PeriodicError, PeriodicSchedule
 from atf_es.events.policy import COLLECTION_NAME, LAMBDA_NAME
 from atf_es.events.replies import Reply
-from atf_es.services.control import ControlView, publish_gate
+from atf_es.services.control import ControlView, publish_gate, publish_periodic
 from atf_es.services.deadletters import (
     Cursor,
     DeadLetterQuery,
@@ -68,6 +75,43 @@ _ACTIONS = {
     admin_pb2.GATE_ACTION_RESUME: GateAction.OPEN,
 }
 _PROTO_ACTIONS = {action: proto for proto, action in _ACTIONS.items()}
+_MISFIRES = {
+    admin_pb2.MISFIRE_UNSPECIFIED: Misfire.CATCH_UP,
+    admin_pb2.MISFIRE_SKIP: Misfire.SKIP,
+    admin_pb2.MISFIRE_CATCH_UP: Misfire.CATCH_UP,
+}
+_PROTO_MISFIRES = {
+    Misfire.SKIP: admin_pb2.MISFIRE_SKIP,
+    Misfire.CATCH_UP: admin_pb2.MISFIRE_CATCH_UP,
+}
+MAX_CRON_CHARS = 200
+
+
+def periodic_to_proto(schedule: PeriodicSchedule, now: int) -> admin_pb2.PeriodicSchedule:
+    message = admin_pb2.PeriodicSchedule(
+        name=schedule.name,
+        lambda_name=schedule.lambda_name,
+        collection=schedule.collection,
+        priority=schedule.priority,
+        payload=schedule.payload,
+        time_zone=schedule.timezone,
+        misfire=_PROTO_MISFIRES[schedule.misfire],
+        catch_up_max=schedule.catch_up_max,
+        misfire_grace_ms=schedule.misfire_grace_ms,
+        paused=schedule.paused,
+        set_by=schedule.set_by,
+        defined_at_ms=schedule.defined_at,
+        next_fire_ms=schedule.next_fire(now) or 0,
+    )
+    if schedule.cron is not None:
+        message.cron = schedule.cron
+    if schedule.every_ms is not None:
+        message.every_ms = schedule.every_ms
+    if schedule.start_ms is not None:
+        message.start_ms = schedule.start_ms
+    if schedule.end_ms is not None:
+        message.end_ms = schedule.end_ms
+    return message
 
 
 def gate_to_proto(gate: Gate) -> admin_pb2.Gate:
@@ -299,6 +343,148 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         response.remaining = page.remaining
         return [task.task_id for task in page.tasks]
 
+    # -- periodic schedules ----------------------------------------------
+
+    def SetPeriodic(
+        self, request: admin_pb2.SetPeriodicRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.SetPeriodicResponse:
+        schedule = self._periodic_from(request.schedule, context)
+        with self._control_lock:
+            self.control.poll(0)
+            if self.control.get(schedule.lambda_name) is None:
+                self._catch_up(context)
+            policy = self.control.get(schedule.lambda_name)
+        if policy is None:
+            context.set_trailing_metadata(((REPLY_CODE_KEY, "UNKNOWN_LAMBDA"),))
+            abort(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                f"lambda {schedule.lambda_name!r} is not defined; a schedule can only "
+                "schedule a defined lambda",
+            )
+        if (problem := policy.check_priority(schedule.priority)) is not None:
+            _invalid(context, f"schedule.priority: {problem}")
+        if len(schedule.payload) > policy.max_payload_bytes:
+            _invalid(
+                context,
+                f"schedule.payload is {len(schedule.payload)} bytes; lambda "
+                f"{policy.name!r} takes at most {policy.max_payload_bytes}",
+            )
+        self._publish_periodic(context, schedule.name, schedule)
+        log.info(
+            "periodic schedule %s set by %r: %s", schedule.name, schedule.set_by, schedule.when
+        )
+        return admin_pb2.SetPeriodicResponse(schedule=periodic_to_proto(schedule, now_ms()))
+
+    def ListPeriodic(
+        self, request: admin_pb2.ListPeriodicRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ListPeriodicResponse:
+        if request.HasField("lambda_name"):
+            _check_lambda(context, "lambda_name", request.lambda_name)
+        with self._control_lock:
+            self._catch_up(context)
+            schedules = [
+                schedule
+                for schedule in self.control.schedules.values()
+                if not request.HasField("lambda_name")
+                or schedule.lambda_name == request.lambda_name
+            ]
+        schedules.sort(key=lambda schedule: schedule.name)
+        now = now_ms()
+        return admin_pb2.ListPeriodicResponse(
+            schedules=[periodic_to_proto(schedule, now) for schedule in schedules]
+        )
+
+    def PausePeriodic(
+        self, request: admin_pb2.PausePeriodicRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.PausePeriodicResponse:
+        found = self._existing_periodic(request.name, context)
+        if len(request.set_by) > MAX_SET_BY_CHARS:
+            _invalid(context, f"set_by must be at most {MAX_SET_BY_CHARS} characters")
+        schedule = replace(
+            found,
+            paused=request.paused,
+            set_by=request.set_by or DEFAULT_REQUESTED_BY,
+            defined_at=now_ms(),
+        )
+        self._publish_periodic(context, schedule.name, schedule)
+        log.info(
+            "periodic schedule %s %s by %r",
+            schedule.name,
+            "paused" if schedule.paused else "resumed",
+            schedule.set_by,
+        )
+        return admin_pb2.PausePeriodicResponse(schedule=periodic_to_proto(schedule, now_ms()))
+
+    def RemovePeriodic(
+        self, request: admin_pb2.RemovePeriodicRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.RemovePeriodicResponse:
+        _check_schedule_name(context, request.name)
+        with self._control_lock:
+            self._catch_up(context)
+            known = request.name in self.control.schedules
+        if known:
+            self._publish_periodic(context, request.name, None)
+            log.info("periodic schedule %s removed", request.name)
+        return admin_pb2.RemovePeriodicResponse(removed=known)
+
+    def _existing_periodic(self, name: str, context: grpc.ServicerContext) -> PeriodicSchedule:
+        _check_schedule_name(context, name)
+        with self._control_lock:
+            self._catch_up(context)
+            found = self.control.schedules.get(name)
+        if found is None:
+            abort(context, grpc.StatusCode.NOT_FOUND, f"there is no periodic schedule {name!r}")
+        return found
+
+    def _publish_periodic(
+        self, context: grpc.ServicerContext, name: str, schedule: PeriodicSchedule | None
+    ) -> None:
+        try:
+            publish_periodic(self.control.settings, self.control.bootstrap, name, schedule)
+        except (RuntimeError, KafkaException) as exc:
+            abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+        with self._control_lock:
+            self._catch_up(context)
+
+    def _periodic_from(
+        self, message: admin_pb2.PeriodicSchedule, context: grpc.ServicerContext
+    ) -> PeriodicSchedule:
+        misfire = _MISFIRES.get(message.misfire)
+        if misfire is None:
+            _invalid(context, "schedule.misfire must be MISFIRE_SKIP or MISFIRE_CATCH_UP")
+        if len(message.set_by) > MAX_SET_BY_CHARS:
+            _invalid(context, f"schedule.set_by must be at most {MAX_SET_BY_CHARS} characters")
+        if len(message.cron) > MAX_CRON_CHARS:
+            _invalid(context, f"schedule.cron must be at most {MAX_CRON_CHARS} characters")
+        for name in ("start_ms", "end_ms"):
+            if message.HasField(name) and not 0 <= getattr(message, name) < MAX_TIME_MS:
+                _invalid(context, f"schedule.{name} must be a time between 1970 and 9999")
+        when = message.WhichOneof("when")
+        try:
+            return PeriodicSchedule(
+                name=message.name,
+                lambda_name=message.lambda_name,
+                collection=message.collection or "default",
+                priority=message.priority,
+                payload=message.payload,
+                cron=message.cron if when == "cron" else None,
+                every_ms=message.every_ms if when == "every_ms" else None,
+                timezone=message.time_zone or "UTC",
+                start_ms=message.start_ms if message.HasField("start_ms") else None,
+                end_ms=message.end_ms if message.HasField("end_ms") else None,
+                misfire=misfire,
+                catch_up_max=message.catch_up_max or 1,
+                misfire_grace_ms=(
+                    message.misfire_grace_ms if message.HasField("misfire_grace_ms") else 5_000
+                ),
+                paused=False,
+                set_by=message.set_by or DEFAULT_REQUESTED_BY,
+                defined_at=now_ms(),
+            )
+        except PeriodicError as exc:
+            _invalid(context, f"schedule: {exc}")
+
     # -- helpers ---------------------------------------------------------
 
     def _gate_from(self, message: admin_pb2.Gate, context: grpc.ServicerContext) -> Gate:
@@ -419,6 +605,14 @@ def _task_info(task: Task) -> common_pb2.TaskInfo:
 
 def _invalid(context: grpc.ServicerContext, message: str) -> NoReturn:
     abort(context, grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def _check_schedule_name(context: grpc.ServicerContext, name: str) -> None:
+    if not SCHEDULE_NAME.fullmatch(name):
+        _invalid(
+            context,
+            f"name {_shown(name)} must be 1-100 letters, digits, '_', '.' or '-'",
+        )
 
 
 def _shown(value: str, limit: int = 120) -> str:

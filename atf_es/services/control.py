@@ -1,8 +1,9 @@
-"""The control topic: lambda definitions and gates every service reads.
+"""The control topic: lambda definitions, gates and periodic schedules.
 
 The topic is compacted. A key ``lambda/<name>`` holds the lambda's policy; a
 key ``gate/<lambda>`` or ``gate/<lambda>/<collection>`` holds a gate
-(:mod:`atf_es.events.gates`). The latest record per key is in force, a
+(:mod:`atf_es.events.gates`); a key ``periodic/<name>`` holds a periodic
+schedule (:mod:`atf_es.events.periodic`). The latest record per key is in force, a
 tombstone removes it. A record that does not decode as what its key names
 is counted in ``bad_records``, logged and ignored: what was read before it
 stays in force. Defining a lambda also creates its execution topics, one per
@@ -22,8 +23,15 @@ from atf_es.broker import ensure_topics
 from atf_es.clock import now_ms
 from atf_es.config import Settings
 from atf_es.events import Gate, LambdaPolicy
-from atf_es.events.codec import DecodeError, decode_control, encode_gate, encode_lambda
+from atf_es.events.codec import (
+    DecodeError,
+    decode_control,
+    encode_gate,
+    encode_lambda,
+    encode_periodic,
+)
 from atf_es.events.gates import GATE_PREFIX, GateKey, covering
+from atf_es.events.periodic import PERIODIC_PREFIX, PeriodicSchedule
 from atf_es.events.records import control_key
 from atf_es.topics import Topics, exec_topic_spec
 
@@ -63,6 +71,19 @@ def define_lambda(settings: Settings, bootstrap: str, *policies: LambdaPolicy) -
 
 def publish_gate(settings: Settings, bootstrap: str, gate: Gate) -> None:
     """Write ``gate`` to the control topic; raises RuntimeError if it is not stored."""
+    _publish(settings, bootstrap, gate.key, encode_gate(gate), f"gate {gate.name!r}")
+
+
+def publish_periodic(
+    settings: Settings, bootstrap: str, name: str, schedule: PeriodicSchedule | None
+) -> None:
+    """Write schedule ``name`` (None: its tombstone, removing it) to the control
+    topic; raises RuntimeError if it is not stored."""
+    value = None if schedule is None else encode_periodic(schedule)
+    _publish(settings, bootstrap, PERIODIC_PREFIX + name, value, f"periodic schedule {name!r}")
+
+
+def _publish(settings: Settings, bootstrap: str, key: str, value: bytes | None, what: str) -> None:
     producer = kafka_clients.producer(bootstrap, settings.kafka_config)
     failed: list[str] = []
 
@@ -72,13 +93,13 @@ def publish_gate(settings: Settings, bootstrap: str, gate: Gate) -> None:
 
     producer.produce(
         Topics(settings.topic_prefix).control,
-        key=gate.key.encode(),
-        value=encode_gate(gate),
+        key=key.encode(),
+        value=value,
         on_delivery=delivered,
     )
     if producer.flush(30) != 0 or failed:
         raise RuntimeError(
-            f"could not write gate {gate.name!r} to the control topic: "
+            f"could not write {what} to the control topic: "
             + ("; ".join(failed) or "not delivered within 30 s")
         )
 
@@ -98,6 +119,7 @@ class ControlView:
         self._consumer.assign([TopicPartition(self._topic, 0, 0)])
         self._policies: dict[str, LambdaPolicy] = {}
         self._gates: dict[GateKey, Gate] = {}
+        self._schedules: dict[str, PeriodicSchedule] = {}
         self.bad_records = 0
         self._closed = False
 
@@ -118,6 +140,11 @@ class ControlView:
         if not self._gates:
             return None
         return covering(self._gates, lambda_name, collection)
+
+    @property
+    def schedules(self) -> Mapping[str, PeriodicSchedule]:
+        """Every periodic schedule, paused ones included, by name."""
+        return self._schedules
 
     def poll(self, timeout: float = 0.0) -> int:
         """Apply what has arrived; returns how many records were read."""
@@ -150,10 +177,13 @@ class ControlView:
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         name = (key or b"").decode("utf-8", "replace")
         is_gate = name.startswith(GATE_PREFIX)
-        if not (is_gate or name.startswith("lambda/")):
-            return  # other control entries (schedules) belong to other readers
+        is_periodic = name.startswith(PERIODIC_PREFIX)
+        if not (is_gate or is_periodic or name.startswith("lambda/")):
+            return  # an entry of a later version, or not ours
         if value is None:
-            if is_gate:
+            if is_periodic:
+                self._schedules.pop(name.removeprefix(PERIODIC_PREFIX), None)
+            elif is_gate:
                 lambda_name, _, collection = name.removeprefix(GATE_PREFIX).partition("/")
                 self._gates.pop((lambda_name, collection or None), None)
             else:
@@ -164,6 +194,15 @@ class ControlView:
         except (DecodeError, ValueError) as exc:
             self.bad_records += 1
             log.warning("control topic: ignoring unreadable record %.200r: %s", name, exc)
+            return
+        if isinstance(entry, PeriodicSchedule):
+            if entry.key != name:
+                self.bad_records += 1
+                log.warning(
+                    "control topic: ignoring record %.200r: it is schedule %r", name, entry.name
+                )
+                return
+            self._schedules[entry.name] = entry
             return
         if isinstance(entry, Gate):
             if entry.key != name:

@@ -79,6 +79,7 @@ from atf_es.events import (
     Task,
     TaskStatus,
 )
+from atf_es.events.periodic import TASK_ID_PREFIX
 from atf_es.events.policy import COLLECTION_NAME, DEFAULT_COLLECTION, LAMBDA_NAME
 from atf_es.events.records import EVENT_DETAIL_FIELDS, EVENT_KINDS
 from atf_es.events.replies import Reply, ReplyCode
@@ -324,6 +325,11 @@ class FrontendService(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
             _check_id(f"{where}idempotency_key", key)
         if spec.HasField("task_id"):
             _check_id(f"{where}task_id", spec.task_id)
+            if spec.task_id.startswith(TASK_ID_PREFIX):
+                raise _invalid(
+                    f"{where}task_id {_shown(spec.task_id)}: ids starting "
+                    f"{TASK_ID_PREFIX!r} are the occurrences of periodic schedules"
+                )
             task_id = spec.task_id
         elif key is not None:
             task_id = idempotent_task_id(spec.lambda_name, key)

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
 
 from atf_es.events import (
@@ -64,6 +64,14 @@ from atf_es.events.codec import (
     encode_poison,
     encode_reply,
     encode_work,
+)
+from atf_es.events.periodic import (
+    PeriodicSchedule,
+    due,
+    occurrence_of,
+    occurrence_prefix,
+    occurrence_task_id,
+    schedule_partition,
 )
 from atf_es.events.records import CommandEnvelope
 from atf_es.events.replies import PoisonRecord, Reply, ReplyCode
@@ -131,6 +139,8 @@ class Batch:
     commands: int = 0
     timers: int = 0
     """Triggers fired by the index scan (not run-now tasks enqueued on arrival)."""
+    occurrences: int = 0
+    """Tasks scheduled by periodic schedules."""
     enqueued: dict[tuple[str, int], int] = field(default_factory=dict)
 
     @property
@@ -145,12 +155,18 @@ class Batch:
 
 
 PolicyLookup = Callable[[str], LambdaPolicy | None]
+ScheduleLookup = Callable[[], Iterable[PeriodicSchedule]]
+"""Every periodic schedule in force (each core fires those its partition owns)."""
 GateLookup = Callable[[str, str], Gate | None]
 """(lambda, collection) -> the closed gate covering it, if any."""
 
 
 def no_gates(_lambda_name: str, _collection: str) -> Gate | None:
     return None
+
+
+def no_schedules() -> Iterable[PeriodicSchedule]:
+    return ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +292,8 @@ class PartitionCore:
         poison_partitions: int = 1,
         gates: GateLookup = no_gates,
         retention: Retention = Retention(),
+        schedules: ScheduleLookup = no_schedules,
+        partitions: int = 1,
     ) -> None:
         if poison_partitions < 1:
             raise ValueError(f"poison_partitions must be at least 1, got {poison_partitions}")
@@ -289,6 +307,15 @@ class PartitionCore:
         self.reply_partition_exists = reply_partition_exists
         """Whether the replies topic has a partition; None: do not check."""
         self.poison_partition = partition % poison_partitions
+        self.schedules = schedules
+        self.partitions = partitions
+        """The commands topic's partition count: where a schedule and its occurrences go."""
+        self._considered: dict[tuple[str, int], int] = {}
+        """Per (schedule, defined_at): an occurrence every earlier one of which was
+        fired or skipped. Skipping is final (a late occurrence stays late), so
+        this survives a failed batch; fired ones are read from the store."""
+        self._refused: set[tuple[str, int]] = set()
+        """Schedules (as defined) whose occurrences the lifecycle refused: logged once."""
         self._turn = 0
         """Polls so far: which lambda of a priority level goes first."""
         """Where this partition's poison goes: its own partition when the topic has it."""
@@ -475,6 +502,7 @@ class PartitionCore:
         expiry of finished tasks as well: a redrive of a dead letter may be
         among the unread commands.
         """
+        self.fire_periodic(batch)
         budget = self.limits.max_timers
         if timeouts:
             for _, task_id in self.store.due_timeouts(batch.now, budget):
@@ -509,6 +537,74 @@ class PartitionCore:
                     budget -= self._timer(batch, task_id)
         if timeouts:
             self.expire(batch)
+
+    def fire_periodic(self, batch: Batch) -> None:
+        """Schedule the due occurrences of the periodic schedules this partition owns.
+
+        An occurrence's task id is a function of the schedule and its time, so
+        one that is already a task (fired before a crash, by the previous
+        owner, or earlier in this batch) is not scheduled again. The latest
+        occurrence stored tells where to carry on after a restart.
+        """
+        for schedule in self.schedules():
+            if (
+                schedule.paused
+                or schedule_partition(schedule.name, self.partitions) != self.partition
+            ):
+                continue
+            policy = self.policies(schedule.lambda_name)
+            if policy is None:
+                continue  # its occurrences wait (within the misfire policy) for the lambda
+            prefix = occurrence_prefix(schedule.name)
+            latest = self.store.last_id_with_prefix(prefix)
+            fired = occurrence_of(latest) if latest is not None else None
+            after = fired[1] if fired is not None else None
+            considered = self._considered.get((schedule.name, schedule.defined_at))
+            if considered is not None and (after is None or considered > after):
+                after = considered
+            result = due(schedule, after, batch.now)
+            if result.through is not None:
+                # Everything before the first occurrence fired now is settled.
+                settled = result.fire[0] - 1 if result.fire else result.through
+                self._considered[schedule.name, schedule.defined_at] = settled
+            for at in result.fire:
+                self._occur(batch, schedule, policy, at)
+
+    def _occur(
+        self, batch: Batch, schedule: PeriodicSchedule, policy: LambdaPolicy, at: int
+    ) -> None:
+        task_id = occurrence_task_id(schedule.name, at, self.partitions)
+        if self._task(batch, task_id) is not None:
+            return
+        command = ScheduleTask(
+            command_id=task_id,
+            task_id=task_id,
+            lambda_name=schedule.lambda_name,
+            collection=schedule.collection,
+            priority=schedule.priority,
+            payload=schedule.payload,
+            run_at=at,
+        )
+        decision = decide(None, command, batch.now, policy, None)
+        if isinstance(decision, Rejected):
+            if (schedule.name, schedule.defined_at) not in self._refused:
+                self._refused.add((schedule.name, schedule.defined_at))
+                log.warning(
+                    "partition %d: periodic schedule %r cannot schedule %s: %s",
+                    self.partition,
+                    schedule.name,
+                    task_id,
+                    decision.message,
+                )
+            return
+        task = self._record(batch, None, decision.events)
+        batch.occurrences += 1
+        if (
+            task is not None
+            and task.status is TaskStatus.NEW
+            and self._credit(batch, task.lambda_name, task.priority) > 0
+        ):
+            self._fire(batch, task, policy)
 
     def expire(self, batch: Batch) -> None:
         """Tombstone the finished tasks whose retention ran out, oldest first.
@@ -623,6 +719,7 @@ __all__ = [
     "PolicyLookup",
     "RawCommand",
     "Retention",
+    "ScheduleLookup",
     "max_payload_bytes",
     "new_batch",
 ]

@@ -37,7 +37,7 @@ import socket
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +48,7 @@ from atf_es.clock import now_ms
 from atf_es.config import Settings
 from atf_es.events import Gate, LambdaPolicy, Task
 from atf_es.events.codec import DecodeError, decode_event
+from atf_es.events.periodic import PeriodicSchedule
 from atf_es.events.records import task_id_of_key
 from atf_es.projections.store import RocksTaskStore, TaskStore, open_or_rebuild
 from atf_es.services.control import ControlView
@@ -305,6 +306,8 @@ class Processor:
             poison_partitions=self._poison_partitions,
             gates=self._gate,
             retention=self.retention,
+            schedules=self._schedules,
+            partitions=self.settings.partitions,
         )
         self._owned[partition] = _Owned(partition, producer, store, core)
 
@@ -389,6 +392,10 @@ class Processor:
     def _gate(self, lambda_name: str, collection: str) -> Gate | None:
         assert self._control is not None
         return self._control.gate(lambda_name, collection)
+
+    def _schedules(self) -> Iterable[PeriodicSchedule]:
+        assert self._control is not None
+        return self._control.schedules.values()
 
     def _partition_count(self, topic: str) -> int | None:
         """How many partitions ``topic`` has; None if Kafka cannot say now."""

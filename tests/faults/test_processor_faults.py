@@ -39,10 +39,13 @@ import pytest
 from confluent_kafka import TopicPartition
 
 from atf_es import kafka_clients
+from atf_es.clock import now_ms
 from atf_es.config import Settings
 from atf_es.events import Event, LambdaPolicy, Task, TaskEnqueued, TaskScheduled, TaskStatus
 from atf_es.events.codec import decode_event
+from atf_es.events.periodic import PeriodicSchedule, occurrence_task_id, schedule_partition
 from atf_es.projections.store import RocksTaskStore
+from atf_es.services.control import publish_periodic
 from atf_es.topics import Topics
 from tests.helpers import wait_for
 from tests.kafka_harness import (
@@ -745,5 +748,66 @@ def test_a_deleted_projection_is_rebuilt_from_the_log(
         _assert_no_problems(_history_problems(log, scheduled), "the task histories")
         _assert_no_problems(_fold_problems(log), "folding the log")
         _assert_no_problems(_store_problems(proc, log), "the rebuilt projection")
+    finally:
+        log.close()
+
+
+def test_a_periodic_schedule_fires_each_occurrence_once_while_its_owner_is_killed_twice(
+    fault_settings: Settings, processors: Callable[[str], ProcessorProcess]
+) -> None:
+    """Every second for a minute; the processor owning the schedule's partition
+    is killed with SIGKILL twice (and started again with the same store). With
+    catch-up, every occurrence is one task: no gap, no duplicate."""
+    policy = _policy()
+    prepare(fault_settings, policy)
+    name = f"tick-{uuid.uuid4().hex[:8]}"
+    home = schedule_partition(name, PARTITIONS)
+    log = EventLog(fault_settings)
+    try:
+        a, b = processors("a"), processors("b")
+
+        def split() -> bool:
+            oa, ob = a.owned, b.owned
+            return bool(oa and ob and not oa & ob and oa | ob == ALL)
+
+        waiting(split, 2 * JOIN_TIMEOUT, lambda: f"A and B to split\n{a.tail()}\n{b.tail()}")
+        assert fault_settings.kafka_bootstrap is not None
+        # Occurrences from a little after the definition: none before it fires.
+        start = (now_ms() // 1_000 + 2) * 1_000
+        expected = {
+            occurrence_task_id(name, start + i * 1_000, PARTITIONS): start + i * 1_000
+            for i in range(60)
+        }
+        schedule = PeriodicSchedule(
+            name,
+            policy.name,
+            every_ms=1_000,
+            start_ms=start,
+            end_ms=start + 59_000,
+            catch_up_max=100,
+            defined_at=now_ms(),
+        )
+        publish_periodic(fault_settings, fault_settings.kafka_bootstrap, name, schedule)
+        live = {"a": a, "b": b}
+        kills = []
+        for threshold in (12, 35):
+            log.wait_until(
+                lambda lg, n=threshold: len(lg.history()) >= n,
+                60,
+                f"{threshold} occurrences in the log",
+            )
+            owner = next(p for p in live.values() if p.owned is not None and home in p.owned)
+            kills.append((owner.instance_id, len(log.history()), now_ms() - start))
+            owner.kill()
+            live[owner.instance_id] = processors(owner.instance_id)  # same id, same store
+        latest = _wait_all_enqueued(log, set(expected), 120, *live.values())
+        print(f"killed the owner of p{home} (instance, occurrences seen) at {kills}")
+        lateness = sorted(latest[t].created_at - at for t, at in expected.items())
+        print(f"scheduled after the occurrence: median {lateness[30]} ms, max {lateness[-1]} ms")
+        _assert_no_problems(_history_problems(log, set(expected)), "the occurrence histories")
+        _assert_no_problems(_enqueued_once_with_lease_1(latest, log), "the enqueues")
+        _assert_no_problems(_work_problems(fault_settings, policy, log), "the work items")
+        assert {latest[t].scheduled_at for t in expected} == set(expected.values())
+        assert {p for t in expected for p in _event_partitions(log)[t]} == {home}
     finally:
         log.close()

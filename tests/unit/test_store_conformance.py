@@ -177,6 +177,19 @@ def test_tasks_lists_every_row_in_id_byte_order(store: TaskStore) -> None:
     assert listed == sorted(ids, key=str.encode)
 
 
+def test_last_id_with_prefix_is_the_greatest_id_that_starts_with_it(store: TaskStore) -> None:
+    ids = ["p:a:001", "p:a:003~2", "p:a:002", "p:ab:009", "p:b:000", "p:a", "q", "p:a:\U0001f600"]
+    store.commit([task(i) for i in ids], None)
+    assert store.last_id_with_prefix("p:a:") == "p:a:\U0001f600"
+    assert store.last_id_with_prefix("p:a:0") == "p:a:003~2"
+    assert store.last_id_with_prefix("p:b:") == "p:b:000"
+    assert store.last_id_with_prefix("p:c:") is None
+    assert store.last_id_with_prefix("r") is None
+    assert store.last_id_with_prefix("") == "q"
+    store.commit([], None, deleted=["p:a:\U0001f600", "p:a:003~2"])
+    assert store.last_id_with_prefix("p:a:") == "p:a:002"
+
+
 # -- the indexes -----------------------------------------------------------------------
 
 

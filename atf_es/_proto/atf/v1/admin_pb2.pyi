@@ -14,10 +14,19 @@ class GateAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GATE_ACTION_PAUSE: _ClassVar[GateAction]
     GATE_ACTION_DROP: _ClassVar[GateAction]
     GATE_ACTION_RESUME: _ClassVar[GateAction]
+
+class Misfire(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MISFIRE_UNSPECIFIED: _ClassVar[Misfire]
+    MISFIRE_SKIP: _ClassVar[Misfire]
+    MISFIRE_CATCH_UP: _ClassVar[Misfire]
 GATE_ACTION_UNSPECIFIED: GateAction
 GATE_ACTION_PAUSE: GateAction
 GATE_ACTION_DROP: GateAction
 GATE_ACTION_RESUME: GateAction
+MISFIRE_UNSPECIFIED: Misfire
+MISFIRE_SKIP: Misfire
+MISFIRE_CATCH_UP: Misfire
 
 class Gate(_message.Message):
     __slots__ = ("lambda_name", "collection", "action", "reason", "set_by", "set_at_ms")
@@ -161,3 +170,93 @@ class RedriveResponse(_message.Message):
     next_page_token: str
     remaining: int
     def __init__(self, replies: _Optional[_Iterable[_Union[_common_pb2.CommandReply, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., remaining: _Optional[int] = ...) -> None: ...
+
+class PeriodicSchedule(_message.Message):
+    __slots__ = ("name", "lambda_name", "collection", "priority", "payload", "cron", "every_ms", "time_zone", "start_ms", "end_ms", "misfire", "catch_up_max", "misfire_grace_ms", "paused", "set_by", "defined_at_ms", "next_fire_ms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LAMBDA_NAME_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    CRON_FIELD_NUMBER: _ClassVar[int]
+    EVERY_MS_FIELD_NUMBER: _ClassVar[int]
+    TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
+    START_MS_FIELD_NUMBER: _ClassVar[int]
+    END_MS_FIELD_NUMBER: _ClassVar[int]
+    MISFIRE_FIELD_NUMBER: _ClassVar[int]
+    CATCH_UP_MAX_FIELD_NUMBER: _ClassVar[int]
+    MISFIRE_GRACE_MS_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    SET_BY_FIELD_NUMBER: _ClassVar[int]
+    DEFINED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FIRE_MS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    lambda_name: str
+    collection: str
+    priority: int
+    payload: bytes
+    cron: str
+    every_ms: int
+    time_zone: str
+    start_ms: int
+    end_ms: int
+    misfire: Misfire
+    catch_up_max: int
+    misfire_grace_ms: int
+    paused: bool
+    set_by: str
+    defined_at_ms: int
+    next_fire_ms: int
+    def __init__(self, name: _Optional[str] = ..., lambda_name: _Optional[str] = ..., collection: _Optional[str] = ..., priority: _Optional[int] = ..., payload: _Optional[bytes] = ..., cron: _Optional[str] = ..., every_ms: _Optional[int] = ..., time_zone: _Optional[str] = ..., start_ms: _Optional[int] = ..., end_ms: _Optional[int] = ..., misfire: _Optional[_Union[Misfire, str]] = ..., catch_up_max: _Optional[int] = ..., misfire_grace_ms: _Optional[int] = ..., paused: _Optional[bool] = ..., set_by: _Optional[str] = ..., defined_at_ms: _Optional[int] = ..., next_fire_ms: _Optional[int] = ...) -> None: ...
+
+class SetPeriodicRequest(_message.Message):
+    __slots__ = ("schedule",)
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    schedule: PeriodicSchedule
+    def __init__(self, schedule: _Optional[_Union[PeriodicSchedule, _Mapping]] = ...) -> None: ...
+
+class SetPeriodicResponse(_message.Message):
+    __slots__ = ("schedule",)
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    schedule: PeriodicSchedule
+    def __init__(self, schedule: _Optional[_Union[PeriodicSchedule, _Mapping]] = ...) -> None: ...
+
+class ListPeriodicRequest(_message.Message):
+    __slots__ = ("lambda_name",)
+    LAMBDA_NAME_FIELD_NUMBER: _ClassVar[int]
+    lambda_name: str
+    def __init__(self, lambda_name: _Optional[str] = ...) -> None: ...
+
+class ListPeriodicResponse(_message.Message):
+    __slots__ = ("schedules",)
+    SCHEDULES_FIELD_NUMBER: _ClassVar[int]
+    schedules: _containers.RepeatedCompositeFieldContainer[PeriodicSchedule]
+    def __init__(self, schedules: _Optional[_Iterable[_Union[PeriodicSchedule, _Mapping]]] = ...) -> None: ...
+
+class PausePeriodicRequest(_message.Message):
+    __slots__ = ("name", "paused", "set_by")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    SET_BY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    paused: bool
+    set_by: str
+    def __init__(self, name: _Optional[str] = ..., paused: _Optional[bool] = ..., set_by: _Optional[str] = ...) -> None: ...
+
+class PausePeriodicResponse(_message.Message):
+    __slots__ = ("schedule",)
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    schedule: PeriodicSchedule
+    def __init__(self, schedule: _Optional[_Union[PeriodicSchedule, _Mapping]] = ...) -> None: ...
+
+class RemovePeriodicRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RemovePeriodicResponse(_message.Message):
+    __slots__ = ("removed",)
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    removed: bool
+    def __init__(self, removed: _Optional[bool] = ...) -> None: ...

@@ -59,6 +59,26 @@ class AdminStub:
                 request_serializer=atf_dot_v1_dot_admin__pb2.RedriveRequest.SerializeToString,
                 response_deserializer=atf_dot_v1_dot_admin__pb2.RedriveResponse.FromString,
                 _registered_method=True)
+        self.SetPeriodic = channel.unary_unary(
+                '/atf.v1.Admin/SetPeriodic',
+                request_serializer=atf_dot_v1_dot_admin__pb2.SetPeriodicRequest.SerializeToString,
+                response_deserializer=atf_dot_v1_dot_admin__pb2.SetPeriodicResponse.FromString,
+                _registered_method=True)
+        self.ListPeriodic = channel.unary_unary(
+                '/atf.v1.Admin/ListPeriodic',
+                request_serializer=atf_dot_v1_dot_admin__pb2.ListPeriodicRequest.SerializeToString,
+                response_deserializer=atf_dot_v1_dot_admin__pb2.ListPeriodicResponse.FromString,
+                _registered_method=True)
+        self.PausePeriodic = channel.unary_unary(
+                '/atf.v1.Admin/PausePeriodic',
+                request_serializer=atf_dot_v1_dot_admin__pb2.PausePeriodicRequest.SerializeToString,
+                response_deserializer=atf_dot_v1_dot_admin__pb2.PausePeriodicResponse.FromString,
+                _registered_method=True)
+        self.RemovePeriodic = channel.unary_unary(
+                '/atf.v1.Admin/RemovePeriodic',
+                request_serializer=atf_dot_v1_dot_admin__pb2.RemovePeriodicRequest.SerializeToString,
+                response_deserializer=atf_dot_v1_dot_admin__pb2.RemovePeriodicResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -100,6 +120,36 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetPeriodic(self, request, context):
+        """Adds a periodic schedule, or replaces the one of that name. No
+        occurrence before the call fires.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPeriodic(self, request, context):
+        """Periodic schedules by name, with when each fires next.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PausePeriodic(self, request, context):
+        """Pauses a schedule, or resumes it: occurrences while it was paused are
+        not caught up.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemovePeriodic(self, request, context):
+        """Removes a schedule. Tasks it scheduled stay.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +177,26 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Redrive,
                     request_deserializer=atf_dot_v1_dot_admin__pb2.RedriveRequest.FromString,
                     response_serializer=atf_dot_v1_dot_admin__pb2.RedriveResponse.SerializeToString,
+            ),
+            'SetPeriodic': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPeriodic,
+                    request_deserializer=atf_dot_v1_dot_admin__pb2.SetPeriodicRequest.FromString,
+                    response_serializer=atf_dot_v1_dot_admin__pb2.SetPeriodicResponse.SerializeToString,
+            ),
+            'ListPeriodic': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPeriodic,
+                    request_deserializer=atf_dot_v1_dot_admin__pb2.ListPeriodicRequest.FromString,
+                    response_serializer=atf_dot_v1_dot_admin__pb2.ListPeriodicResponse.SerializeToString,
+            ),
+            'PausePeriodic': grpc.unary_unary_rpc_method_handler(
+                    servicer.PausePeriodic,
+                    request_deserializer=atf_dot_v1_dot_admin__pb2.PausePeriodicRequest.FromString,
+                    response_serializer=atf_dot_v1_dot_admin__pb2.PausePeriodicResponse.SerializeToString,
+            ),
+            'RemovePeriodic': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemovePeriodic,
+                    request_deserializer=atf_dot_v1_dot_admin__pb2.RemovePeriodicRequest.FromString,
+                    response_serializer=atf_dot_v1_dot_admin__pb2.RemovePeriodicResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -264,6 +334,114 @@ class Admin:
             '/atf.v1.Admin/Redrive',
             atf_dot_v1_dot_admin__pb2.RedriveRequest.SerializeToString,
             atf_dot_v1_dot_admin__pb2.RedriveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPeriodic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atf.v1.Admin/SetPeriodic',
+            atf_dot_v1_dot_admin__pb2.SetPeriodicRequest.SerializeToString,
+            atf_dot_v1_dot_admin__pb2.SetPeriodicResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPeriodic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atf.v1.Admin/ListPeriodic',
+            atf_dot_v1_dot_admin__pb2.ListPeriodicRequest.SerializeToString,
+            atf_dot_v1_dot_admin__pb2.ListPeriodicResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PausePeriodic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atf.v1.Admin/PausePeriodic',
+            atf_dot_v1_dot_admin__pb2.PausePeriodicRequest.SerializeToString,
+            atf_dot_v1_dot_admin__pb2.PausePeriodicResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemovePeriodic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atf.v1.Admin/RemovePeriodic',
+            atf_dot_v1_dot_admin__pb2.RemovePeriodicRequest.SerializeToString,
+            atf_dot_v1_dot_admin__pb2.RemovePeriodicResponse.FromString,
             options,
             channel_credentials,
             insecure,
