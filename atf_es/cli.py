@@ -30,6 +30,7 @@ from atf_es.broker import (
 )
 from atf_es.client import (
     AtfError,
+    ChainStep,
     Client,
     DeadLetterCount,
     DeadLetterFilter,
@@ -543,6 +544,48 @@ def build_parser() -> argparse.ArgumentParser:
         if action != "remove":
             child.add_argument("--by", default="", help="who (default: your user name)")
         child.set_defaults(handler=_cmd_periodic_change)
+
+    chain = sub(
+        "chain",
+        "schedule a chain of tasks, and show where a chain is",
+        "A chain is a small DAG of tasks scheduled in one call: each node runs once "
+        "the nodes it comes after have succeeded (--on-failure stop, the default) or "
+        "have ended however (continue). Its tasks are chain:<id> (the root) and "
+        "chain:<id>/<node>. See docs/chains.md.",
+    )
+    chain_actions = chain.add_subparsers(dest="chain_action", metavar="ACTION", required=True)
+    chain_run = chain_actions.add_parser(
+        "run",
+        help="schedule a chain from a JSON file",
+        description=textwrap.fill(
+            'Schedule the chain FILE describes (- for standard input): {"chain_id": '
+            '"nightly", "on_failure": "stop", "nodes": [{"name": "extract", "lambda": '
+            '"extract", "payload": "text", "after": [], "collection": "default", '
+            '"priority": 0, "delay": "0s"}, ...]}. Only name and lambda are required. '
+            "Prints the chain id and each node's task id.",
+            79,
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common_options(chain_run, suppress=True)
+    _frontend_option(chain_run)
+    chain_run.add_argument("file", metavar="FILE")
+    chain_run.set_defaults(handler=_cmd_chain_run)
+    chain_show = chain_actions.add_parser(
+        "status",
+        help="show each node of a chain, and where and why it failed",
+        description=textwrap.fill(
+            "Print the chain's state (running, succeeded, failed), a one-line summary "
+            "and every node with its state. Exit status 1 if the chain failed.",
+            79,
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common_options(chain_show, suppress=True)
+    _frontend_option(chain_show)
+    chain_show.add_argument("chain_id", metavar="CHAIN_ID")
+    chain_show.add_argument("--json", action="store_true", help="print JSON")
+    chain_show.set_defaults(handler=_cmd_chain_status)
     return parser
 
 
@@ -838,8 +881,9 @@ def _cmd_status(args: argparse.Namespace, settings: Settings, out: TextIO) -> in
         print(json.dumps(fields, default=str, indent=2), file=out)
     else:
         for name, value in fields.items():
-            if value is not None and value != "":
-                print(f"{name:>18}: {value}", file=out)
+            shown = ", ".join(value) if isinstance(value, tuple) else value
+            if shown is not None and shown != "":
+                print(f"{name:>18}: {shown}", file=out)
     return EXIT_OK
 
 
@@ -864,6 +908,8 @@ def _cmd_history(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
                 ("by", e.requested_by),
                 ("reason", e.reason),
                 ("error", e.error),
+                ("root", e.root_task_id),
+                ("parents", ",".join(e.parent_task_ids)),
             )
             if value not in (None, "")
         ]
@@ -1070,6 +1116,90 @@ def _cmd_periodic_list(args: argparse.Namespace, settings: Settings, out: TextIO
             file=out,
         )
     return EXIT_OK
+
+
+def _chain_steps(text: str, source: str) -> tuple[dict[str, Any], list[ChainStep]] | str:
+    """The chain a ``chain run`` file describes, or why it cannot be read."""
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return f"{source} is not JSON: {exc}"
+    if not isinstance(spec, dict) or not isinstance(spec.get("nodes"), list):
+        return f'{source} must be a JSON object with a list "nodes"'
+    steps = []
+    for index, node in enumerate(spec["nodes"]):
+        if not isinstance(node, dict) or not {"name", "lambda"} <= node.keys():
+            return f'{source}: nodes[{index}] must be an object with "name" and "lambda"'
+        delay = _parse_duration_ms(str(node.get("delay", "0s")))
+        if delay is None:
+            return f"{source}: nodes[{index}].delay {node.get('delay')!r} is not a duration (5s)"
+        after = node.get("after", [])
+        if not isinstance(after, list):
+            return f"{source}: nodes[{index}].after must be a list of node names"
+        steps.append(
+            ChainStep(
+                str(node["name"]),
+                str(node["lambda"]),
+                str(node.get("payload", "")).encode(),
+                [str(a) for a in after],
+                str(node.get("collection", "default")),
+                int(node.get("priority", 0)),
+                delay / 1000,
+            )
+        )
+    return spec, steps
+
+
+def _cmd_chain_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    source = "standard input" if args.file == "-" else args.file
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text("utf-8")
+    except OSError as exc:
+        print(f"atf-es chain run: cannot read {source}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    parsed = _chain_steps(text, source)
+    if isinstance(parsed, str):
+        print(f"atf-es chain run: {parsed}", file=sys.stderr)
+        return EXIT_USAGE
+    spec, steps = parsed
+    with Client(args.frontend or settings.frontend_address) as client:
+        chain_id, ids = client.schedule_chain(
+            steps,
+            chain_id=spec.get("chain_id"),
+            on_failure=str(spec.get("on_failure", "stop")),
+        )
+    print(
+        f"chain {chain_id}: {len(ids)} tasks; follow it with: atf-es chain status {chain_id}",
+        file=out,
+    )
+    for name, task_id in ids.items():
+        print(f"  {name:<24} {task_id}", file=out)
+    return EXIT_OK
+
+
+def _cmd_chain_status(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    with Client(args.frontend or settings.frontend_address) as client:
+        info = client.chain(args.chain_id)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(info), default=_jsonable, indent=2), file=out)
+    else:
+        print(f"chain {info.chain_id}: {info.state} (on failure: {info.on_failure})", file=out)
+        print(f"  {info.summary}", file=out)
+        for node in info.nodes:
+            after = f" after {', '.join(node.parents)}" if node.parents else ""
+            detail = ""
+            if node.blocked_by is not None:
+                detail = f"  (blocked by {node.blocked_by})"
+            elif node.task is not None and node.task.last_error:
+                detail = f"  error: {node.task.last_error}"
+            print(f"  {node.name:<20} {node.state:<17} {node.task_id}{after}{detail}", file=out)
+    return EXIT_FAILURE if info.state == "failed" else EXIT_OK
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
 
 
 def _cmd_periodic_change(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:

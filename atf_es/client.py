@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -190,6 +190,12 @@ class TaskInfo:
     """The closed gate covering this waiting task ("lambda" or "lambda/collection")."""
     held_action: str | None = None
     """What that gate does once the task is due: "pause" (hold it) or "drop"."""
+    chain_id: str | None = None
+    """For a node of a chain: the chain, the node, the chain's root task and
+    the node's parents' tasks."""
+    chain_node: str | None = None
+    root_task_id: str | None = None
+    parent_task_ids: tuple[str, ...] = ()
 
     @property
     def terminal(self) -> bool:
@@ -225,6 +231,10 @@ class TaskInfo:
             payload=opt("payload"),
             held_by=opt("held_by"),
             held_action=opt("held_action"),
+            chain_id=opt("chain_id"),
+            chain_node=opt("chain_node"),
+            root_task_id=opt("root_task_id"),
+            parent_task_ids=tuple(info.parent_task_ids),
         )
 
 
@@ -253,6 +263,10 @@ class HistoryEntry:
     reason: str | None = None
     gate: str | None = None
     run_at_ms: int | None = None
+    root_task_id: str | None = None
+    """On the scheduling of a chain node: the chain's root task."""
+    parent_task_ids: tuple[str, ...] = ()
+    """On the scheduling of a chain node: its parents' tasks."""
 
     @classmethod
     def from_proto(cls, entry: common_pb2.HistoryEntry) -> HistoryEntry:
@@ -278,7 +292,93 @@ class HistoryEntry:
             reason=opt("reason"),
             gate=opt("gate"),
             run_at_ms=opt("run_at_ms"),
+            root_task_id=opt("root_task_id"),
+            parent_task_ids=tuple(entry.parent_task_ids),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ChainStep:
+    """One node of a chain to schedule (``Client.schedule_chain``)."""
+
+    name: str
+    lambda_name: str
+    payload: bytes = b""
+    after: Sequence[str] = ()
+    """Names of the nodes it depends on."""
+    collection: str = "default"
+    priority: int = 0
+    delay: float | timedelta = 0
+    """From the moment it may run (its parents done) to its scheduled time."""
+
+    def to_proto(self) -> frontend_pb2.ChainNodeSpec:
+        return frontend_pb2.ChainNodeSpec(
+            name=self.name,
+            lambda_name=self.lambda_name,
+            collection=self.collection,
+            priority=self.priority,
+            payload=self.payload,
+            delay_ms=_milliseconds(self.delay),
+            parents=list(self.after),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ChainNodeInfo:
+    name: str
+    task_id: str
+    state: str
+    """The task's status, or ``pending`` (waiting for its parents) or ``blocked``
+    (an ancestor ended without success under ``stop``)."""
+    parents: tuple[str, ...]
+    task: TaskInfo | None
+    blocked_by: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ChainInfo:
+    """The status of a whole chain (``Client.chain``)."""
+
+    chain_id: str
+    state: str
+    """``running``, ``succeeded`` or ``failed``."""
+    on_failure: str
+    summary: str
+    """Where the chain is and, if it failed, where and why."""
+    nodes: tuple[ChainNodeInfo, ...]
+
+    def node(self, name: str) -> ChainNodeInfo:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    @classmethod
+    def from_proto(cls, response: frontend_pb2.GetChainResponse) -> ChainInfo:
+        return cls(
+            chain_id=response.chain_id,
+            state=frontend_pb2.ChainState.Name(response.state).removeprefix("CHAIN_STATE_").lower(),
+            on_failure=frontend_pb2.ChainFailurePolicy.Name(response.on_failure)
+            .removeprefix("CHAIN_FAILURE_POLICY_")
+            .lower(),
+            summary=response.summary,
+            nodes=tuple(
+                ChainNodeInfo(
+                    n.name,
+                    n.task_id,
+                    n.state,
+                    tuple(n.parents),
+                    TaskInfo.from_proto(n.task) if n.HasField("task") else None,
+                    n.blocked_by if n.HasField("blocked_by") else None,
+                )
+                for n in response.nodes
+            ),
+        )
+
+
+def _milliseconds(value: float | timedelta) -> int:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    return round(seconds * 1000)
 
 
 _GATE_ACTIONS = {
@@ -686,6 +786,50 @@ class Client:
         response = self._call(self._stub.History, frontend_pb2.HistoryRequest(task_id=task_id))
         return [HistoryEntry.from_proto(entry) for entry in response.entries]
 
+    def schedule_chain(
+        self,
+        steps: Iterable[ChainStep],
+        *,
+        chain_id: str | None = None,
+        on_failure: str = "stop",
+        run_at: datetime | int | None = None,
+        delay: float | timedelta | None = None,
+    ) -> tuple[str, dict[str, str]]:
+        """Schedule a chain or small DAG of tasks; returns its id and each node's task id.
+
+        A node runs once every node it comes ``after`` has succeeded
+        (``on_failure="stop"``) or has ended however (``"continue"``). With
+        ``chain_id``, a repeat of the same chain schedules nothing.
+
+        >>> chain_id, ids = atf.schedule_chain([  # doctest: +SKIP
+        ...     ChainStep("extract", "extract"),
+        ...     ChainStep("load", "load", after=["extract"]),
+        ... ])
+        """
+        if on_failure not in ("stop", "continue"):
+            raise InvalidArgument(f"on_failure must be 'stop' or 'continue', got {on_failure!r}")
+        request = frontend_pb2.ScheduleChainRequest(
+            nodes=[step.to_proto() for step in steps],
+            on_failure=(
+                frontend_pb2.CHAIN_FAILURE_POLICY_CONTINUE
+                if on_failure == "continue"
+                else frontend_pb2.CHAIN_FAILURE_POLICY_STOP
+            ),
+        )
+        if chain_id is not None:
+            request.chain_id = chain_id
+        if run_at is not None:
+            request.run_at_ms = _epoch_ms(run_at)
+        elif delay is not None:
+            request.delay_ms = _milliseconds(delay)
+        response = self._call(self._stub.ScheduleChain, request)
+        return response.chain_id, {n.name: n.task_id for n in response.nodes}
+
+    def chain(self, chain_id: str) -> ChainInfo:
+        """The status of a whole chain; ``NotFound`` if there is none."""
+        response = self._call(self._stub.GetChain, frontend_pb2.GetChainRequest(chain_id=chain_id))
+        return ChainInfo.from_proto(response)
+
     def pause(
         self, lambda_name: str, collection: str | None = None, *, reason: str = "", by: str = ""
     ) -> GateInfo:
@@ -1088,6 +1232,9 @@ __all__ = [
     "AlreadyExists",
     "AsyncClient",
     "AtfError",
+    "ChainInfo",
+    "ChainNodeInfo",
+    "ChainStep",
     "Client",
     "DeadLetterCount",
     "DeadLetterFilter",

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from atf_es.events.chains import ChainLink
+
 
 class Outcome(StrEnum):
     """What an executor reports at the end of an attempt."""
@@ -29,6 +31,9 @@ class ScheduleTask:
     payload: bytes
     run_at: int
     idempotency_key: str | None = None
+    chain: ChainLink | None = None
+    """For a node of a chain (the root, as a client sends it; the others, as the
+    processor schedules them)."""
 
 
 @dataclass(frozen=True, slots=True)

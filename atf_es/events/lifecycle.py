@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from atf_es.events.backoff import backoff_ms
+from atf_es.events.chains import link_problem
 from atf_es.events.commands import (
     CancelTask,
     ClaimTask,
@@ -178,6 +179,8 @@ def _schedule(
         )
     if cmd.run_at < 0:
         problems.append(f"run_at must be a non-negative epoch-millisecond time, got {cmd.run_at}")
+    if cmd.chain is not None and (problem := link_problem(cmd.chain, cmd)) is not None:
+        problems.append(problem)
     if problems:
         return Rejected(RejectCode.INVALID, "; ".join(problems))
     if task is not None:
@@ -186,6 +189,7 @@ def _schedule(
             and task.collection == cmd.collection
             and task.priority == cmd.priority
             and task.payload == cmd.payload
+            and task.chain == cmd.chain
         )
         if same:
             return Accepted()
@@ -206,6 +210,7 @@ def _schedule(
                 payload=cmd.payload,
                 scheduled_at=cmd.run_at,
                 idempotency_key=cmd.idempotency_key,
+                chain=cmd.chain,
             ),
         )
     )
@@ -424,6 +429,7 @@ def evolve(task: Task | None, event: Event) -> Task:
             scheduled_at=event.scheduled_at,
             next_trigger_at=event.scheduled_at,
             idempotency_key=event.idempotency_key,
+            chain=event.chain,
         )
     if task is None:
         raise SequenceError(f"{type(event).__name__} for unknown task {event.task_id!r}")

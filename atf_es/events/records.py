@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any, Final, TypeVar
 
+from atf_es.events.chains import Chain, ChainLink, ChainNode, OnFailure
 from atf_es.events.commands import (
     CancelTask,
     ClaimTask,
@@ -148,7 +149,58 @@ def task_to_record(task: Task) -> Record:
         "last_error": task.last_error,
         "result": task.result,
         "idempotency_key": task.idempotency_key,
+        "chain": None if task.chain is None else link_to_record(task.chain),
     }
+
+
+def link_to_record(link: ChainLink) -> Record:
+    chain = link.chain
+    return {
+        "node": link.node,
+        "chain": {
+            "chain_id": chain.chain_id,
+            "on_failure": chain.on_failure.name,
+            "nodes": [
+                {
+                    "name": n.name,
+                    "task_id": n.task_id,
+                    "lambda_name": n.lambda_name,
+                    "collection": n.collection,
+                    "priority": _int32("priority", n.priority),
+                    "payload": n.payload,
+                    "delay_ms": n.delay_ms,
+                    "parents": list(n.parents),
+                }
+                for n in chain.nodes
+            ],
+        },
+    }
+
+
+def link_from_record(rec: Record | None) -> ChainLink | None:
+    if rec is None:
+        return None
+    chain = rec["chain"]
+    return ChainLink(
+        Chain(
+            chain["chain_id"],
+            _enum(OnFailure, chain["on_failure"]),
+            tuple(
+                ChainNode(
+                    n["name"],
+                    n["task_id"],
+                    n["lambda_name"],
+                    n["collection"],
+                    n["priority"],
+                    n["payload"],
+                    n["delay_ms"],
+                    tuple(n["parents"]),
+                )
+                for n in chain["nodes"]
+            ),
+        ),
+        rec["node"],
+    )
 
 
 def task_from_record(rec: Record) -> Task:
@@ -174,6 +226,7 @@ def task_from_record(rec: Record) -> Task:
         last_error=rec["last_error"],
         result=rec["result"],
         idempotency_key=rec["idempotency_key"],
+        chain=link_from_record(rec.get("chain")),
     )
 
 
@@ -235,6 +288,7 @@ _SCHEDULED_FROM_SNAPSHOT: Final = (
     "payload",
     "scheduled_at",
     "idempotency_key",
+    "chain",
 )
 """TaskScheduled's own fields, carried by the snapshot rather than the event record."""
 
@@ -337,6 +391,7 @@ def _command_body(cmd: Command) -> Record:
                 "payload": cmd.payload,
                 "run_at": cmd.run_at,
                 "idempotency_key": cmd.idempotency_key,
+                "chain": None if cmd.chain is None else link_to_record(cmd.chain),
             }
         case ClaimTask() | Heartbeat():
             return {"task_id": cmd.task_id, "lease": cmd.lease, "worker": cmd.worker}
@@ -385,6 +440,7 @@ def command_from_record(rec: Record) -> CommandEnvelope:
                 payload=body["payload"],
                 run_at=body["run_at"],
                 idempotency_key=body["idempotency_key"],
+                chain=link_from_record(body.get("chain")),
             )
         case "atf.v1.ClaimTask":
             cmd = ClaimTask(command_id, body["task_id"], body["lease"], body["worker"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from atf_es.events.chains import ChainLink
 from atf_es.events.status import TaskStatus
 
 
@@ -38,3 +39,5 @@ class Task:
     last_error: str | None = None
     result: bytes | None = None
     idempotency_key: str | None = None
+    chain: ChainLink | None = None
+    """For a node of a chain: the chain, and which node this is."""

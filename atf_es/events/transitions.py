@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from atf_es.events.chains import ChainLink
+
 
 class CauseKind(StrEnum):
     COMMAND = "command"
@@ -58,6 +60,7 @@ class TaskScheduled:
     payload: bytes
     scheduled_at: int
     idempotency_key: str | None
+    chain: ChainLink | None = None
 
 
 @dataclass(frozen=True, slots=True)

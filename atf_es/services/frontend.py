@@ -77,8 +77,21 @@ from atf_es.events import (
     QueryTask,
     ScheduleTask,
     Task,
+    TaskScheduled,
     TaskStatus,
 )
+from atf_es.events.chains import (
+    CHAIN_ID,
+    Chain,
+    ChainError,
+    ChainLink,
+    NodeSpec,
+    OnFailure,
+    build_chain,
+    chain_status,
+    root_task_id,
+)
+from atf_es.events.chains import TASK_ID_PREFIX as CHAIN_PREFIX
 from atf_es.events.periodic import TASK_ID_PREFIX
 from atf_es.events.policy import COLLECTION_NAME, DEFAULT_COLLECTION, LAMBDA_NAME
 from atf_es.events.records import EVENT_DETAIL_FIELDS, EVENT_KINDS
@@ -151,6 +164,11 @@ def task_to_proto(task: Task, *, include_payload: bool = False) -> common_pb2.Ta
             setattr(info, name, value)
     if include_payload:
         info.payload = task.payload
+    if task.chain is not None:
+        info.chain_id = task.chain.chain.chain_id
+        info.chain_node = task.chain.node
+        info.root_task_id = task.chain.root_id
+        info.parent_task_ids.extend(task.chain.parent_ids)
     return info
 
 
@@ -185,6 +203,9 @@ def history_entry(event: Event, task: Task, previous_at: int | None) -> common_p
         value = getattr(event, name)
         if value is not None and name != "result":
             setattr(entry, _HISTORY_FIELDS.get(name, name), value)
+    if isinstance(event, TaskScheduled) and task.chain is not None:
+        entry.root_task_id = task.chain.root_id
+        entry.parent_task_ids.extend(task.chain.parent_ids)
     return entry
 
 
@@ -325,11 +346,15 @@ class FrontendService(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
             _check_id(f"{where}idempotency_key", key)
         if spec.HasField("task_id"):
             _check_id(f"{where}task_id", spec.task_id)
-            if spec.task_id.startswith(TASK_ID_PREFIX):
-                raise _invalid(
-                    f"{where}task_id {_shown(spec.task_id)}: ids starting "
-                    f"{TASK_ID_PREFIX!r} are the occurrences of periodic schedules"
-                )
+            for prefix, owner in (
+                (TASK_ID_PREFIX, "the occurrences of periodic schedules"),
+                (CHAIN_PREFIX, "the tasks of chains (ScheduleChain)"),
+            ):
+                if spec.task_id.startswith(prefix):
+                    raise _invalid(
+                        f"{where}task_id {_shown(spec.task_id)}: ids starting {prefix!r} "
+                        f"are {owner}"
+                    )
             task_id = spec.task_id
         elif key is not None:
             task_id = idempotent_task_id(spec.lambda_name, key)
@@ -594,6 +619,151 @@ class FrontendService(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
                 "events are past the audit window",
             )
         return frontend_pb2.HistoryResponse(entries=history_to_proto(recorded))
+
+    def ScheduleChain(
+        self, request: frontend_pb2.ScheduleChainRequest, context: grpc.ServicerContext
+    ) -> frontend_pb2.ScheduleChainResponse:
+        timeout = self._timeout(context)
+        now = now_ms()
+        try:
+            chain, run_at, policy = self._plan_chain(request, timeout, now)
+        except SpecError as exc:
+            _refuse(context, exc.status, exc.code, exc.message)
+        if (over := self.quotas.take(policy)) is not None:
+            _over_quota(context, over)
+        root = chain.root
+        command = ScheduleTask(
+            _new_id(),
+            root.task_id,
+            root.lambda_name,
+            root.collection,
+            root.priority,
+            root.payload,
+            run_at,
+            None,
+            ChainLink(chain, root.name),
+        )
+        (outcome,) = self._schedule_all([_Planned(command, True, policy)], timeout)
+        if isinstance(outcome, GatewayError):
+            _gateway_abort(context, outcome)
+        created, reply = outcome
+        if reply is not None and not reply.accepted:
+            message = reply.message
+            if reply.code is ReplyCode.ALREADY_EXISTS:
+                message = f"chain {chain.chain_id!r} already exists with other nodes"
+            _refuse(context, _status_of(reply.code), reply.code, message)
+        return frontend_pb2.ScheduleChainResponse(
+            chain_id=chain.chain_id,
+            created=created,
+            nodes=[frontend_pb2.ChainNodeRef(name=n.name, task_id=n.task_id) for n in chain.nodes],
+        )
+
+    def _plan_chain(
+        self, request: frontend_pb2.ScheduleChainRequest, timeout: float, now: int
+    ) -> tuple[Chain, int, LambdaPolicy]:
+        """The checked chain, when its nodes without parents may run, and the
+        root's lambda (whose quota the call takes)."""
+        chain_id = request.chain_id if request.HasField("chain_id") else _new_id()
+        on_failure = (
+            OnFailure.CONTINUE
+            if request.on_failure == frontend_pb2.CHAIN_FAILURE_POLICY_CONTINUE
+            else OnFailure.STOP
+        )
+        specs = [
+            NodeSpec(
+                n.name,
+                n.lambda_name,
+                n.collection or DEFAULT_COLLECTION,
+                n.priority,
+                n.payload,
+                n.delay_ms,
+                tuple(n.parents),
+            )
+            for n in request.nodes
+        ]
+        try:
+            chain = build_chain(chain_id, specs, on_failure, self.control.settings.partitions)
+        except ChainError as exc:
+            raise _invalid(str(exc)) from exc
+        when = request.WhichOneof("when")
+        if when == "run_at_ms":
+            if not 0 <= request.run_at_ms < MAX_TIME_MS:
+                raise _invalid(
+                    f"run_at_ms must be an epoch-millisecond time, got {request.run_at_ms}"
+                )
+            start = request.run_at_ms
+        elif when == "delay_ms":
+            if not 0 <= request.delay_ms < MAX_TIME_MS - now:
+                raise _invalid(f"delay_ms must not be negative, got {request.delay_ms}")
+            start = now + request.delay_ms
+        else:
+            start = now
+        policies: dict[str, LambdaPolicy] = {}
+        for index, node in enumerate(chain.nodes):
+            policy = policies.get(node.lambda_name) or self._policy(node.lambda_name, timeout)
+            policies[node.lambda_name] = policy
+            where = f"node {node.name!r}"
+            if (problem := policy.check_priority(node.priority)) is not None:
+                raise _invalid(f"{where}: priority: {problem}")
+            limit = min(policy.max_payload_bytes, self.payload_limit)
+            if len(node.payload) > limit:
+                raise _invalid(f"{where}: payload is {len(node.payload)} bytes; at most {limit}")
+            if index == 0 and start + node.delay_ms >= MAX_TIME_MS:
+                raise _invalid(f"{where}: its delay puts it after year 10000")
+        return chain, start + chain.root.delay_ms, policies[chain.root.lambda_name]
+
+    def GetChain(
+        self, request: frontend_pb2.GetChainRequest, context: grpc.ServicerContext
+    ) -> frontend_pb2.GetChainResponse:
+        if not CHAIN_ID.fullmatch(request.chain_id):
+            abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"chain_id {_shown(request.chain_id)} must be 1-100 letters, digits, '_', "
+                "'.' or '-'",
+            )
+        root_id = root_task_id(request.chain_id)
+        reply = self._send(QueryTask(_new_id(), root_id), context)
+        if not reply.accepted or reply.task is None or reply.task.chain is None:
+            _refuse(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                ReplyCode.NOT_FOUND,
+                f"no chain {request.chain_id!r}: never scheduled, or its root task "
+                f"{root_id!r} is past its retention",
+            )
+        chain = reply.task.chain.chain
+        tasks: dict[str, Task | None] = {root_id: reply.task}
+        others = chain.nodes[1:]
+        try:
+            outcomes = self.gateway.send_many(
+                [QueryTask(_new_id(), n.task_id) for n in others], timeout=self._timeout(context)
+            )
+        except GatewayError as exc:
+            _gateway_abort(context, exc)
+        for node, outcome in zip(others, outcomes, strict=True):
+            if isinstance(outcome, GatewayError):
+                _gateway_abort(context, outcome)
+            assert isinstance(outcome, Reply)
+            tasks[node.task_id] = outcome.task if outcome.accepted else None
+        status = chain_status(chain, tasks)
+        response = frontend_pb2.GetChainResponse(
+            chain_id=chain.chain_id,
+            state=frontend_pb2.ChainState.Value(f"CHAIN_STATE_{status.state.name}"),
+            on_failure=frontend_pb2.ChainFailurePolicy.Value(
+                f"CHAIN_FAILURE_POLICY_{status.on_failure.name}"
+            ),
+            summary=status.summary,
+        )
+        for each in status.nodes:
+            entry = response.nodes.add(
+                name=each.name, task_id=each.task_id, state=each.state, parents=each.parents
+            )
+            if each.task is not None:
+                entry.task.CopyFrom(task_to_proto(each.task))
+            if each.blocked_by is not None:
+                entry.blocked_by = each.blocked_by
+        return response
 
     def Watch(
         self, request: frontend_pb2.WatchRequest, context: grpc.ServicerContext

@@ -57,6 +57,7 @@ from atf_es.events import (
     decide,
     evolve,
 )
+from atf_es.events.chains import Chain, ChainLink, ChainNode, check_placement, ready
 from atf_es.events.codec import (
     DecodeError,
     decode_command,
@@ -133,6 +134,10 @@ class Batch:
     tombstones: list[Outgoing] = field(default_factory=list)
     """Tombstones of the tasks whose retention ran out (task-events, after the events)."""
     tasks: dict[str, Task] = field(default_factory=dict)
+    journal: list[tuple[str, Task | None]] = field(default_factory=list)
+    """Each write to ``tasks``: the id and the task it replaced (None: none), so
+    that a command's writes (its task's and the chain tasks it scheduled) can
+    be undone."""
     deleted: dict[str, None] = field(default_factory=dict)
     """Ids of the tombstoned tasks: rows the commit deletes (none of them in ``tasks``)."""
     last_command_offset: int | None = None
@@ -217,19 +222,17 @@ class _Mark:
     work: int
     replies: int
     poison: int
-    task_id: str
-    task: Task | None
+    journal: int
     enqueued: dict[tuple[str, int], int]
 
     @classmethod
-    def of(cls, batch: Batch, task_id: str) -> _Mark:
+    def of(cls, batch: Batch) -> _Mark:
         return cls(
             len(batch.events),
             len(batch.work),
             len(batch.replies),
             len(batch.poison),
-            task_id,
-            batch.tasks.get(task_id),
+            len(batch.journal),
             dict(batch.enqueued),
         )
 
@@ -245,10 +248,12 @@ class _Mark:
         del batch.work[self.work :]
         del batch.replies[self.replies :]
         del batch.poison[self.poison :]
-        if self.task is None:
-            batch.tasks.pop(self.task_id, None)
-        else:
-            batch.tasks[self.task_id] = self.task
+        for task_id, before in reversed(batch.journal[self.journal :]):
+            if before is None:
+                batch.tasks.pop(task_id, None)
+            else:
+                batch.tasks[task_id] = before
+        del batch.journal[self.journal :]
         batch.enqueued.clear()
         batch.enqueued.update(self.enqueued)
 
@@ -345,7 +350,7 @@ class PartitionCore:
             except DecodeError as exc:
                 self._set_aside(batch, record, f"undecodable command: {exc}")
                 continue
-            mark = _Mark.of(batch, envelope.command.task_id)
+            mark = _Mark.of(batch)
             self._apply_command(batch, record, envelope)
             if (problem := self._too_large(batch, mark, envelope.command)) is not None:
                 mark.undo(batch)
@@ -374,6 +379,14 @@ class PartitionCore:
         policy = self.policies(lambda_name) if lambda_name is not None else None
         gate = None if task is None else self.gates(task.lambda_name, task.collection)
         decision = decide(task, command, batch.now, policy, gate)
+        if (
+            isinstance(command, ScheduleTask)
+            and command.chain is not None
+            and isinstance(decision, Accepted)
+            and (problem := check_placement(command.chain.chain, self.partition, self.partitions))
+            is not None
+        ):
+            decision = Rejected(RejectCode.INVALID, problem)
         if isinstance(decision, Rejected):
             if decision.code in _BAD_INPUT:
                 self._set_aside(batch, record, f"{decision.code}: {decision.message}")
@@ -677,6 +690,7 @@ class PartitionCore:
     # -- recording -------------------------------------------------------
 
     def _record(self, batch: Batch, task: Task | None, events: tuple[Event, ...]) -> Task | None:
+        first = task
         for event in events:
             before = task
             task = evolve(task, event)
@@ -702,8 +716,76 @@ class PartitionCore:
                 pair = (before.lambda_name, before.priority)
                 batch.enqueued[pair] = batch.enqueued.get(pair, 0) - 1
         if task is not None:
+            batch.journal.append((task.task_id, batch.tasks.get(task.task_id)))
             batch.tasks[task.task_id] = task
+            if (
+                events
+                and task.chain is not None
+                and (
+                    (first is None and task.chain.node == task.chain.chain.root.name)
+                    or (task.status.terminal and (first is None or first.status.live))
+                )
+            ):
+                self._advance_chain(batch, task, task.chain)
         return task
+
+    # -- chains ----------------------------------------------------------
+
+    def _advance_chain(self, batch: Batch, task: Task, link: ChainLink) -> None:
+        """Schedule the nodes of ``task``'s chain that its change let go: the
+        other nodes without parents when the root is scheduled, the children
+        whose parents are all done when a node ends."""
+        chain = link.chain
+        if task.status.terminal:
+            candidates = chain.children(link.node)
+            start = batch.now
+        else:
+            candidates = [n for n in chain.nodes[1:] if not n.parents]
+            start = task.scheduled_at - chain.root.delay_ms
+        for node in candidates:
+            if self._task(batch, node.task_id) is not None:
+                continue  # scheduled already (by an earlier parent, or before a crash)
+            parents = {
+                chain.node(name).task_id: self._task(batch, chain.node(name).task_id)
+                for name in node.parents
+            }
+            if not ready(node, chain, parents):
+                continue
+            self._schedule_node(batch, chain, node, max(0, start + node.delay_ms))
+
+    def _schedule_node(self, batch: Batch, chain: Chain, node: ChainNode, run_at: int) -> None:
+        policy = self.policies(node.lambda_name)
+        command = ScheduleTask(
+            command_id=node.task_id,
+            task_id=node.task_id,
+            lambda_name=node.lambda_name,
+            collection=node.collection,
+            priority=node.priority,
+            payload=node.payload,
+            run_at=run_at,
+            chain=ChainLink(chain, node.name),
+        )
+        decision = decide(None, command, batch.now, policy, None)
+        if isinstance(decision, Rejected):
+            log.warning(
+                "partition %d: chain %r cannot schedule node %r (%s): %s",
+                self.partition,
+                chain.chain_id,
+                node.name,
+                node.task_id,
+                decision.message,
+            )
+            return
+        task = self._record(batch, None, decision.events)
+        if (
+            task is not None
+            and policy is not None
+            and task.status is TaskStatus.NEW
+            and task.next_trigger_at is not None
+            and task.next_trigger_at <= batch.now
+            and self._credit(batch, task.lambda_name, task.priority) > 0
+        ):
+            self._fire(batch, task, policy)
 
 
 def new_batch(partition: int, now: int) -> Batch:

@@ -41,9 +41,23 @@ from confluent_kafka import TopicPartition
 from atf_es import kafka_clients
 from atf_es.clock import now_ms
 from atf_es.config import Settings
-from atf_es.events import Event, LambdaPolicy, Task, TaskEnqueued, TaskScheduled, TaskStatus
+from atf_es.events import (
+    ClaimTask,
+    Event,
+    LambdaPolicy,
+    Outcome,
+    ScheduleTask,
+    SetResult,
+    Task,
+    TaskEnqueued,
+    TaskScheduled,
+    TaskStatus,
+    TaskSucceeded,
+)
+from atf_es.events.chains import ChainLink, NodeSpec, OnFailure, build_chain
 from atf_es.events.codec import decode_event
 from atf_es.events.periodic import PeriodicSchedule, occurrence_task_id, schedule_partition
+from atf_es.events.placement import partition_of
 from atf_es.projections.store import RocksTaskStore
 from atf_es.services.control import publish_periodic
 from atf_es.topics import Topics
@@ -809,5 +823,112 @@ def test_a_periodic_schedule_fires_each_occurrence_once_while_its_owner_is_kille
         _assert_no_problems(_work_problems(fault_settings, policy, log), "the work items")
         assert {latest[t].scheduled_at for t in expected} == set(expected.values())
         assert {p for t in expected for p in _event_partitions(log)[t]} == {home}
+    finally:
+        log.close()
+
+
+def test_a_chain_schedules_each_node_once_after_its_parents_while_its_owner_is_killed_twice(
+    fault_settings: Settings, processors: Callable[[str], ProcessorProcess]
+) -> None:
+    """A root, 30 children and a grandchild under each; the test answers every
+    enqueued node (claim, success) as a worker would, and kills the processor
+    owning the chain's partition with SIGKILL twice along the way. Every node
+    is scheduled exactly once, after each of its parents succeeded, and the
+    whole chain ends on the root's partition."""
+    policy = _policy()
+    prepare(fault_settings, policy)
+    chain = build_chain(
+        f"fault-{uuid.uuid4().hex[:8]}",
+        [
+            NodeSpec("root", policy.name),
+            *(NodeSpec(f"m{i}", policy.name, parents=("root",)) for i in range(30)),
+            *(NodeSpec(f"l{i}", policy.name, parents=(f"m{i}",)) for i in range(30)),
+        ],
+        OnFailure.STOP,
+        PARTITIONS,
+    )
+    ids = {node.task_id for node in chain.nodes}
+    home = partition_of(chain.root.task_id, PARTITIONS)
+    log = EventLog(fault_settings)
+    sender = CommandSender(fault_settings)
+    try:
+        a, b = processors("a"), processors("b")
+
+        def split() -> bool:
+            oa, ob = a.owned, b.owned
+            return bool(oa and ob and not oa & ob and oa | ob == ALL)
+
+        waiting(split, 2 * JOIN_TIMEOUT, lambda: f"A and B to split\n{a.tail()}\n{b.tail()}")
+        root = chain.root
+        sender.send(
+            ScheduleTask(
+                uuid.uuid4().hex,
+                root.task_id,
+                root.lambda_name,
+                root.collection,
+                root.priority,
+                root.payload,
+                now_ms(),
+                None,
+                ChainLink(chain, root.name),
+            )
+        )
+        sender.flush()
+        live = {"a": a, "b": b}
+        answered: set[tuple[str, int]] = set()
+        kills: list[tuple[str, int]] = []
+        thresholds = [15, 40]
+        deadline = time.monotonic() + 180
+
+        def succeeded() -> int:
+            latest = log.latest()
+            return sum(
+                1
+                for t in ids
+                if (task := latest.get(t)) is not None and task.status is TaskStatus.SUCCESS
+            )
+
+        while (done := succeeded()) < len(ids):
+            assert time.monotonic() < deadline, (
+                f"{done} of {len(ids)} nodes succeeded in 180 s\n"
+                + "\n".join(p.tail() for p in live.values())
+            )
+            if thresholds and done >= thresholds[0]:
+                thresholds.pop(0)
+                owner = next(p for p in live.values() if p.owned is not None and home in p.owned)
+                kills.append((owner.instance_id, done))
+                owner.kill()
+                live[owner.instance_id] = processors(owner.instance_id)  # same id, same store
+            # Act as the worker: claim and finish enqueued nodes, once per lease, two
+            # at a time, so that the kills fall in the middle of the chain.
+            ready = [
+                (task_id, task.lease)
+                for task_id, task in log.latest().items()
+                if task_id in ids
+                and task.status is TaskStatus.ENQUEUED
+                and (task_id, task.lease) not in answered
+            ]
+            for task_id, lease in sorted(ready)[:2]:
+                answered.add((task_id, lease))
+                sender.send(ClaimTask(uuid.uuid4().hex, task_id, lease, "w"))
+                sender.send(SetResult(uuid.uuid4().hex, task_id, lease, "w", Outcome.SUCCESS))
+            sender.flush()
+            log.poll(0.3)  # read what the processors wrote since
+        assert len(kills) == 2, kills
+        print(f"killed the owner of p{home} (instance, nodes succeeded) at {kills}")
+        _assert_no_problems(_history_problems(log, ids), "the chain's histories")
+        history = log.history()
+        succeeded_at = {
+            t: min(e.at for e, _ in history[t] if isinstance(e, TaskSucceeded)) for t in ids
+        }
+        problems = []
+        for node in chain.nodes:
+            scheduled = [e for e, _ in history[node.task_id] if isinstance(e, TaskScheduled)]
+            for parent in node.parents:
+                parent_id = chain.node(parent).task_id
+                if scheduled[0].at < succeeded_at[parent_id]:
+                    problems.append(f"{node.name} was scheduled before its parent {parent} ended")
+        _assert_no_problems(problems, "the order of the nodes")
+        assert {p for t in ids for p in _event_partitions(log)[t]} == {home}
     finally:
         log.close()

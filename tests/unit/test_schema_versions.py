@@ -105,41 +105,48 @@ def test_shared_named_types_agree_across_current_files() -> None:
     assert not drifted, f"named types defined differently in different files: {sorted(drifted)}"
 
 
-# --- a test-local v2 proves the machinery --------------------------------------
+# --- a test-local next version proves the machinery ---------------------------
+
+
+TASK_VERSIONS = _versions(SCHEMA_DIR)["Task"]
+NEXT = TASK_VERSIONS[-1] + 1
 
 
 @pytest.fixture
-def with_task_v2(tmp_path: Path) -> Path:
+def with_task_next(tmp_path: Path) -> Path:
     directory = tmp_path / "avro"
     shutil.copytree(SCHEMA_DIR, directory)
-    v1 = json.loads((directory / "Task.v1.avsc").read_text())
-    v2 = {
-        **v1,
-        "fields": [*v1["fields"], {"name": "note", "type": ["null", "string"], "default": None}],
+    current = json.loads((directory / f"Task.v{NEXT - 1}.avsc").read_text())
+    following = {
+        **current,
+        "fields": [
+            *current["fields"],
+            {"name": "note", "type": ["null", "string"], "default": None},
+        ],
     }
-    (directory / "Task.v2.avsc").write_text(json.dumps(v2))
+    (directory / f"Task.v{NEXT}.avsc").write_text(json.dumps(following))
     return directory
 
 
-def test_v2_reader_decodes_v1_writer(with_task_v2: Path) -> None:
-    codec = Codec("Task", with_task_v2)
-    assert [v.version for v in codec.versions] == [1, 2]
-    assert codec.current.version == 2
+def test_next_reader_decodes_current_writer(with_task_next: Path) -> None:
+    codec = Codec("Task", with_task_next)
+    assert [v.version for v in codec.versions] == [*TASK_VERSIONS, NEXT]
+    assert codec.current.version == NEXT
     task = EVENTS[4][1]
-    written_by_v1 = get_codec("Task").encode(_task_record(task))
-    record = codec.decode(written_by_v1)
+    written_now = get_codec("Task").encode(_task_record(task))
+    record = codec.decode(written_now)
     assert record["note"] is None
     del record["note"]
     assert task_from_record(record) == task
-    # v2 writes with its own fingerprint, and v1 data still decodes.
+    # The next version writes with its own fingerprint, and older data still decodes.
     assert codec.encode({**_task_record(task), "note": "x"})[2:10] == codec.current.fingerprint
-    assert assert_past_writers_decode(with_task_v2, "Task") == 2
+    assert assert_past_writers_decode(with_task_next, "Task") == NEXT
 
 
-def test_gap_in_versions_is_refused(with_task_v2: Path) -> None:
-    (with_task_v2 / "Task.v2.avsc").rename(with_task_v2 / "Task.v3.avsc")
+def test_gap_in_versions_is_refused(with_task_next: Path) -> None:
+    (with_task_next / f"Task.v{NEXT}.avsc").rename(with_task_next / f"Task.v{NEXT + 1}.avsc")
     with pytest.raises(SchemaError, match=r"not 1\.\.N"):
-        Codec("Task", with_task_v2)
+        Codec("Task", with_task_next)
 
 
 def _task_record(task: Any) -> dict[str, Any]:

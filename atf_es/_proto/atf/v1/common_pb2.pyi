@@ -1,7 +1,8 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -105,7 +106,7 @@ class Cause(_message.Message):
     def __init__(self, kind: _Optional[_Union[CauseKind, str]] = ..., name: _Optional[str] = ..., command_id: _Optional[str] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
-    __slots__ = ("task_id", "lambda_name", "collection", "priority", "status", "attempts", "lease", "seq", "created_at_ms", "scheduled_at_ms", "next_trigger_at_ms", "enqueued_at_ms", "claimed_at_ms", "started_at_ms", "heartbeat_at_ms", "finished_at_ms", "worker", "last_error", "result", "idempotency_key", "payload", "held_by", "held_action")
+    __slots__ = ("task_id", "lambda_name", "collection", "priority", "status", "attempts", "lease", "seq", "created_at_ms", "scheduled_at_ms", "next_trigger_at_ms", "enqueued_at_ms", "claimed_at_ms", "started_at_ms", "heartbeat_at_ms", "finished_at_ms", "worker", "last_error", "result", "idempotency_key", "payload", "held_by", "held_action", "chain_id", "chain_node", "root_task_id", "parent_task_ids")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     LAMBDA_NAME_FIELD_NUMBER: _ClassVar[int]
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +130,10 @@ class TaskInfo(_message.Message):
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     HELD_BY_FIELD_NUMBER: _ClassVar[int]
     HELD_ACTION_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_NODE_FIELD_NUMBER: _ClassVar[int]
+    ROOT_TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_TASK_IDS_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     lambda_name: str
     collection: str
@@ -152,10 +157,14 @@ class TaskInfo(_message.Message):
     payload: bytes
     held_by: str
     held_action: str
-    def __init__(self, task_id: _Optional[str] = ..., lambda_name: _Optional[str] = ..., collection: _Optional[str] = ..., priority: _Optional[int] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., attempts: _Optional[int] = ..., lease: _Optional[int] = ..., seq: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., scheduled_at_ms: _Optional[int] = ..., next_trigger_at_ms: _Optional[int] = ..., enqueued_at_ms: _Optional[int] = ..., claimed_at_ms: _Optional[int] = ..., started_at_ms: _Optional[int] = ..., heartbeat_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., worker: _Optional[str] = ..., last_error: _Optional[str] = ..., result: _Optional[bytes] = ..., idempotency_key: _Optional[str] = ..., payload: _Optional[bytes] = ..., held_by: _Optional[str] = ..., held_action: _Optional[str] = ...) -> None: ...
+    chain_id: str
+    chain_node: str
+    root_task_id: str
+    parent_task_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, task_id: _Optional[str] = ..., lambda_name: _Optional[str] = ..., collection: _Optional[str] = ..., priority: _Optional[int] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., attempts: _Optional[int] = ..., lease: _Optional[int] = ..., seq: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., scheduled_at_ms: _Optional[int] = ..., next_trigger_at_ms: _Optional[int] = ..., enqueued_at_ms: _Optional[int] = ..., claimed_at_ms: _Optional[int] = ..., started_at_ms: _Optional[int] = ..., heartbeat_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., worker: _Optional[str] = ..., last_error: _Optional[str] = ..., result: _Optional[bytes] = ..., idempotency_key: _Optional[str] = ..., payload: _Optional[bytes] = ..., held_by: _Optional[str] = ..., held_action: _Optional[str] = ..., chain_id: _Optional[str] = ..., chain_node: _Optional[str] = ..., root_task_id: _Optional[str] = ..., parent_task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HistoryEntry(_message.Message):
-    __slots__ = ("seq", "kind", "at_ms", "cause", "status", "lease", "worker", "error", "deadline_ms", "retry_at_ms", "requested_by", "reason", "gate", "run_at_ms", "since_previous_ms")
+    __slots__ = ("seq", "kind", "at_ms", "cause", "status", "lease", "worker", "error", "deadline_ms", "retry_at_ms", "requested_by", "reason", "gate", "run_at_ms", "since_previous_ms", "root_task_id", "parent_task_ids")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     AT_MS_FIELD_NUMBER: _ClassVar[int]
@@ -171,6 +180,8 @@ class HistoryEntry(_message.Message):
     GATE_FIELD_NUMBER: _ClassVar[int]
     RUN_AT_MS_FIELD_NUMBER: _ClassVar[int]
     SINCE_PREVIOUS_MS_FIELD_NUMBER: _ClassVar[int]
+    ROOT_TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_TASK_IDS_FIELD_NUMBER: _ClassVar[int]
     seq: int
     kind: EventKind
     at_ms: int
@@ -186,7 +197,9 @@ class HistoryEntry(_message.Message):
     gate: str
     run_at_ms: int
     since_previous_ms: int
-    def __init__(self, seq: _Optional[int] = ..., kind: _Optional[_Union[EventKind, str]] = ..., at_ms: _Optional[int] = ..., cause: _Optional[_Union[Cause, _Mapping]] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., lease: _Optional[int] = ..., worker: _Optional[str] = ..., error: _Optional[str] = ..., deadline_ms: _Optional[int] = ..., retry_at_ms: _Optional[int] = ..., requested_by: _Optional[str] = ..., reason: _Optional[str] = ..., gate: _Optional[str] = ..., run_at_ms: _Optional[int] = ..., since_previous_ms: _Optional[int] = ...) -> None: ...
+    root_task_id: str
+    parent_task_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, seq: _Optional[int] = ..., kind: _Optional[_Union[EventKind, str]] = ..., at_ms: _Optional[int] = ..., cause: _Optional[_Union[Cause, _Mapping]] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., lease: _Optional[int] = ..., worker: _Optional[str] = ..., error: _Optional[str] = ..., deadline_ms: _Optional[int] = ..., retry_at_ms: _Optional[int] = ..., requested_by: _Optional[str] = ..., reason: _Optional[str] = ..., gate: _Optional[str] = ..., run_at_ms: _Optional[int] = ..., since_previous_ms: _Optional[int] = ..., root_task_id: _Optional[str] = ..., parent_task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CommandReply(_message.Message):
     __slots__ = ("task_id", "code", "message")

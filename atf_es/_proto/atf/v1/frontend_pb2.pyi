@@ -1,11 +1,32 @@
 from atf_es._proto.atf.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class ChainFailurePolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CHAIN_FAILURE_POLICY_UNSPECIFIED: _ClassVar[ChainFailurePolicy]
+    CHAIN_FAILURE_POLICY_STOP: _ClassVar[ChainFailurePolicy]
+    CHAIN_FAILURE_POLICY_CONTINUE: _ClassVar[ChainFailurePolicy]
+
+class ChainState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CHAIN_STATE_UNSPECIFIED: _ClassVar[ChainState]
+    CHAIN_STATE_RUNNING: _ClassVar[ChainState]
+    CHAIN_STATE_SUCCEEDED: _ClassVar[ChainState]
+    CHAIN_STATE_FAILED: _ClassVar[ChainState]
+CHAIN_FAILURE_POLICY_UNSPECIFIED: ChainFailurePolicy
+CHAIN_FAILURE_POLICY_STOP: ChainFailurePolicy
+CHAIN_FAILURE_POLICY_CONTINUE: ChainFailurePolicy
+CHAIN_STATE_UNSPECIFIED: ChainState
+CHAIN_STATE_RUNNING: ChainState
+CHAIN_STATE_SUCCEEDED: ChainState
+CHAIN_STATE_FAILED: ChainState
 
 class TaskSpec(_message.Message):
     __slots__ = ("lambda_name", "collection", "priority", "payload", "run_at_ms", "delay_ms", "idempotency_key", "task_id")
@@ -136,3 +157,89 @@ class WatchResponse(_message.Message):
     entry: _common_pb2.HistoryEntry
     task: _common_pb2.TaskInfo
     def __init__(self, entry: _Optional[_Union[_common_pb2.HistoryEntry, _Mapping]] = ..., task: _Optional[_Union[_common_pb2.TaskInfo, _Mapping]] = ...) -> None: ...
+
+class ChainNodeSpec(_message.Message):
+    __slots__ = ("name", "lambda_name", "collection", "priority", "payload", "delay_ms", "parents")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LAMBDA_NAME_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    PARENTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    lambda_name: str
+    collection: str
+    priority: int
+    payload: bytes
+    delay_ms: int
+    parents: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., lambda_name: _Optional[str] = ..., collection: _Optional[str] = ..., priority: _Optional[int] = ..., payload: _Optional[bytes] = ..., delay_ms: _Optional[int] = ..., parents: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ScheduleChainRequest(_message.Message):
+    __slots__ = ("chain_id", "nodes", "on_failure", "run_at_ms", "delay_ms")
+    CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    ON_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    RUN_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    chain_id: str
+    nodes: _containers.RepeatedCompositeFieldContainer[ChainNodeSpec]
+    on_failure: ChainFailurePolicy
+    run_at_ms: int
+    delay_ms: int
+    def __init__(self, chain_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[ChainNodeSpec, _Mapping]]] = ..., on_failure: _Optional[_Union[ChainFailurePolicy, str]] = ..., run_at_ms: _Optional[int] = ..., delay_ms: _Optional[int] = ...) -> None: ...
+
+class ChainNodeRef(_message.Message):
+    __slots__ = ("name", "task_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    task_id: str
+    def __init__(self, name: _Optional[str] = ..., task_id: _Optional[str] = ...) -> None: ...
+
+class ScheduleChainResponse(_message.Message):
+    __slots__ = ("chain_id", "created", "nodes")
+    CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    chain_id: str
+    created: bool
+    nodes: _containers.RepeatedCompositeFieldContainer[ChainNodeRef]
+    def __init__(self, chain_id: _Optional[str] = ..., created: _Optional[bool] = ..., nodes: _Optional[_Iterable[_Union[ChainNodeRef, _Mapping]]] = ...) -> None: ...
+
+class GetChainRequest(_message.Message):
+    __slots__ = ("chain_id",)
+    CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
+    chain_id: str
+    def __init__(self, chain_id: _Optional[str] = ...) -> None: ...
+
+class ChainNodeStatus(_message.Message):
+    __slots__ = ("name", "task_id", "state", "parents", "task", "blocked_by")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PARENTS_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_BY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    task_id: str
+    state: str
+    parents: _containers.RepeatedScalarFieldContainer[str]
+    task: _common_pb2.TaskInfo
+    blocked_by: str
+    def __init__(self, name: _Optional[str] = ..., task_id: _Optional[str] = ..., state: _Optional[str] = ..., parents: _Optional[_Iterable[str]] = ..., task: _Optional[_Union[_common_pb2.TaskInfo, _Mapping]] = ..., blocked_by: _Optional[str] = ...) -> None: ...
+
+class GetChainResponse(_message.Message):
+    __slots__ = ("chain_id", "state", "on_failure", "summary", "nodes")
+    CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ON_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    chain_id: str
+    state: ChainState
+    on_failure: ChainFailurePolicy
+    summary: str
+    nodes: _containers.RepeatedCompositeFieldContainer[ChainNodeStatus]
+    def __init__(self, chain_id: _Optional[str] = ..., state: _Optional[_Union[ChainState, str]] = ..., on_failure: _Optional[_Union[ChainFailurePolicy, str]] = ..., summary: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[ChainNodeStatus, _Mapping]]] = ...) -> None: ...

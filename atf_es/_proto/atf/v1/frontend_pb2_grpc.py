@@ -64,6 +64,16 @@ class FrontendStub:
                 request_serializer=atf_dot_v1_dot_frontend__pb2.WatchRequest.SerializeToString,
                 response_deserializer=atf_dot_v1_dot_frontend__pb2.WatchResponse.FromString,
                 _registered_method=True)
+        self.ScheduleChain = channel.unary_unary(
+                '/atf.v1.Frontend/ScheduleChain',
+                request_serializer=atf_dot_v1_dot_frontend__pb2.ScheduleChainRequest.SerializeToString,
+                response_deserializer=atf_dot_v1_dot_frontend__pb2.ScheduleChainResponse.FromString,
+                _registered_method=True)
+        self.GetChain = channel.unary_unary(
+                '/atf.v1.Frontend/GetChain',
+                request_serializer=atf_dot_v1_dot_frontend__pb2.GetChainRequest.SerializeToString,
+                response_deserializer=atf_dot_v1_dot_frontend__pb2.GetChainResponse.FromString,
+                _registered_method=True)
 
 
 class FrontendServicer:
@@ -115,6 +125,24 @@ class FrontendServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScheduleChain(self, request, context):
+        """Schedules a chain, or a small DAG, of tasks in one call: the nodes
+        without parents at the chain's time, every other node once its parents
+        are done (docs/chains.md). Idempotent on chain_id: a repeat of the same
+        chain returns created=false; another chain under that id ALREADY_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetChain(self, request, context):
+        """The status of a whole chain: every node's state, and where and why it
+        failed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FrontendServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +175,16 @@ def add_FrontendServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=atf_dot_v1_dot_frontend__pb2.WatchRequest.FromString,
                     response_serializer=atf_dot_v1_dot_frontend__pb2.WatchResponse.SerializeToString,
+            ),
+            'ScheduleChain': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScheduleChain,
+                    request_deserializer=atf_dot_v1_dot_frontend__pb2.ScheduleChainRequest.FromString,
+                    response_serializer=atf_dot_v1_dot_frontend__pb2.ScheduleChainResponse.SerializeToString,
+            ),
+            'GetChain': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetChain,
+                    request_deserializer=atf_dot_v1_dot_frontend__pb2.GetChainRequest.FromString,
+                    response_serializer=atf_dot_v1_dot_frontend__pb2.GetChainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -311,6 +349,60 @@ class Frontend:
             '/atf.v1.Frontend/Watch',
             atf_dot_v1_dot_frontend__pb2.WatchRequest.SerializeToString,
             atf_dot_v1_dot_frontend__pb2.WatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScheduleChain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atf.v1.Frontend/ScheduleChain',
+            atf_dot_v1_dot_frontend__pb2.ScheduleChainRequest.SerializeToString,
+            atf_dot_v1_dot_frontend__pb2.ScheduleChainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetChain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atf.v1.Frontend/GetChain',
+            atf_dot_v1_dot_frontend__pb2.GetChainRequest.SerializeToString,
+            atf_dot_v1_dot_frontend__pb2.GetChainResponse.FromString,
             options,
             channel_credentials,
             insecure,
