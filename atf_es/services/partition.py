@@ -394,7 +394,12 @@ class PartitionCore:
                 task = self._record(batch, task, decision.events)
             self._reply(batch, envelope, command, decision, task)
             return
-        task = self._record(batch, task, decision.events)
+        task = self._run_now(batch, self._record(batch, task, decision.events), policy)
+        self._reply(batch, envelope, command, decision, task)
+
+    def _run_now(self, batch: Batch, task: Task | None, policy: LambdaPolicy | None) -> Task | None:
+        """Enqueue a task just scheduled, if it is due and its queue has credit:
+        run-now tasks go out in the same transaction that records them."""
         if (
             task is not None
             and policy is not None
@@ -403,9 +408,8 @@ class PartitionCore:
             and task.next_trigger_at <= batch.now
             and self._credit(batch, task.lambda_name, task.priority) > 0
         ):
-            # Run-now tasks go out in the same transaction that records them.
-            task = self._fire(batch, task, policy)
-        self._reply(batch, envelope, command, decision, task)
+            return self._fire(batch, task, policy)
+        return task
 
     def _reply(
         self,
@@ -776,16 +780,7 @@ class PartitionCore:
                 decision.message,
             )
             return
-        task = self._record(batch, None, decision.events)
-        if (
-            task is not None
-            and policy is not None
-            and task.status is TaskStatus.NEW
-            and task.next_trigger_at is not None
-            and task.next_trigger_at <= batch.now
-            and self._credit(batch, task.lambda_name, task.priority) > 0
-        ):
-            self._fire(batch, task, policy)
+        self._run_now(batch, self._record(batch, None, decision.events), policy)
 
 
 def new_batch(partition: int, now: int) -> Batch:
