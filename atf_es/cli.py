@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import getpass
 import json
-import logging
 import re
 import signal
 import sys
@@ -18,6 +17,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from atf_es import logs, metrics
 from atf_es.app import AppLoadError, load_app
 from atf_es.broker import (
     BrokerConnection,
@@ -40,15 +43,19 @@ from atf_es.client import (
 from atf_es.config import (
     ENV_CONFIG_FILE,
     ENV_KAFKA_PREFIX,
+    LOG_FORMATS,
     ConfigError,
     Settings,
     env_var_for,
     load_settings,
 )
+from atf_es.dashboard import DashboardError, dashboard_server
 from atf_es.devrun import DEMO_APP, System, run_demo, start_system
 from atf_es.events.status import TaskStatus
 from atf_es.projections.replay import ProgressPrinter, ReplayError, replay, replay_and_verify
 from atf_es.projections.store import StoreError
+from atf_es.services.auth import ServerSecurity
+from atf_es.services.channels import Credentials, open_channel
 from atf_es.services.control import ControlView
 from atf_es.services.controller import Controller
 from atf_es.services.executor import EXIT_HEARTBEAT_LOST, Executor
@@ -74,6 +81,8 @@ _SETTING_FLAGS = {
     "topic_prefix": "topic_prefix",
     "partitions": "partitions",
     "data_dir": "data_dir",
+    "metrics": "metrics_address",
+    "log_format": "log_format",
 }
 
 _ENV_HELP = f"""\
@@ -148,6 +157,12 @@ def _common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     group.add_argument(
         "-v", "--verbose", action="store_true", default=default, help="log more detail"
     )
+    group.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=default,
+        help="log lines as text or one JSON object each (env ATF_LOG_FORMAT, default text)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,6 +229,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     config.set_defaults(handler=_cmd_config)
 
+    define = sub(
+        "define",
+        "publish an app's lambdas and create their queues",
+        "Publish the policy of every lambda of MODULE:APP to the control topic and create "
+        "its execution queues (one topic per priority) on the broker given by --bootstrap "
+        "or ATF_KAFKA_BOOTSTRAP. Safe to repeat; a changed policy replaces the old one.",
+    )
+    define.add_argument("app", metavar="MODULE:APP", help="the App, e.g. atf_es.examples.demo:app")
+    define.set_defaults(handler=_cmd_define)
+
+    health = sub(
+        "health",
+        "health check of a running service (gRPC health protocol)",
+        "Ask the gRPC service at HOST:PORT (Frontend, HSC or Controller) whether it is "
+        "serving, over TLS when tls_ca_file is set. Exit status 0 when serving, 1 when "
+        "not or unreachable. For container health checks and scripts.",
+    )
+    health.add_argument("address", metavar="HOST:PORT")
+    health.add_argument(
+        "--timeout", type=float, default=5.0, metavar="SECONDS", help="give up after this long"
+    )
+    health.set_defaults(handler=_cmd_health)
+
     check = sub(
         "check",
         "health check: is the broker reachable and are the topics there?",
@@ -268,6 +306,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen", metavar="HOST:PORT", help="override frontend_address for listening"
     )
     frontend.set_defaults(handler=_cmd_frontend)
+
+    dashboard = sub(
+        "dashboard",
+        "serve the web dashboard until SIGTERM",
+        "Serve the web dashboard on dashboard_address: lambdas with task counts by status "
+        "and collection, queue depth and delivery latency over the last hour, gates "
+        "(pause, resume, drop), dead letters (inspect, redrive), periodic schedules and "
+        "each task's history. Its data comes from the Frontend's Admin and Frontend "
+        "services, called with this process's token (auth_token). Port 0 picks a free "
+        "port; the URL is printed. Stops cleanly on SIGTERM or Ctrl-C.",
+    )
+    _frontend_option(dashboard)
+    dashboard.add_argument(
+        "--listen", metavar="HOST:PORT", help="override dashboard_address for listening"
+    )
+    dashboard.set_defaults(handler=_cmd_dashboard)
 
     controller = sub(
         "controller",
@@ -586,7 +640,20 @@ def build_parser() -> argparse.ArgumentParser:
     chain_show.add_argument("chain_id", metavar="CHAIN_ID")
     chain_show.add_argument("--json", action="store_true", help="print JSON")
     chain_show.set_defaults(handler=_cmd_chain_status)
+    for service in (dev, processor, hsc, frontend, dashboard, controller, executor):
+        _metrics_option(service)
     return parser
+
+
+def _metrics_option(parser: argparse.ArgumentParser) -> None:
+    """``--metrics``: the commands that run services serve ``/metrics`` (docs/metrics.md)."""
+    parser.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0: any free port, "
+        "printed); env ATF_METRICS_ADDRESS",
+    )
+    parser.set_defaults(serves_metrics=True)
 
 
 def _dlq_filter_options(parser: argparse.ArgumentParser) -> None:
@@ -608,6 +675,15 @@ def _dlq_filter_options(parser: argparse.ArgumentParser) -> None:
 def _frontend_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--frontend", metavar="HOST:PORT", help="the Frontend (default: frontend_address)"
+    )
+
+
+def _client(args: argparse.Namespace, settings: Settings) -> Client:
+    """A Frontend client for ``--frontend`` (or frontend_address), with the token and TLS roots."""
+    return Client(
+        args.frontend or settings.frontend_address,
+        token=settings.auth_token,
+        tls_ca_file=settings.tls_ca_file,
     )
 
 
@@ -734,11 +810,14 @@ def _cmd_processor(args: argparse.Namespace, settings: Settings, out: TextIO) ->
         restore()
 
 
-def _wait_for_signal(out: TextIO) -> int:
-    """Block until SIGINT or SIGTERM; the caller stops its services afterwards."""
+def _wait_for_signal(out: TextIO, ready: str) -> int:
+    """Print ``ready``, then block until SIGINT or SIGTERM; the caller stops its
+    services afterwards. The handler is in place before the line is printed, so
+    a supervisor that signals as soon as it reads the line gets a clean stop."""
     stop = _Stop()
     restore = stop.install()
     try:
+        print(ready, file=out, flush=True)
         stop.event.wait()
         print(f"{stop.signal_name or 'signal'} received: stopping", file=out, flush=True)
         return EXIT_OK
@@ -750,12 +829,12 @@ def _cmd_hsc(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     bootstrap = _require_bootstrap(settings, "hsc")
     if bootstrap is None:
         return EXIT_USAGE
+    security = ServerSecurity.from_settings(settings)
     gateway = CommandGateway(settings, bootstrap, client_id="hsc")
-    server = hsc_server(gateway, args.listen or settings.hsc_address)
+    server = hsc_server(gateway, args.listen or settings.hsc_address, security=security)
     try:
         server.start()
-        print(f"hsc: serving atf.v1.HeartbeatStatus on port {server.port}", file=out, flush=True)
-        return _wait_for_signal(out)
+        return _wait_for_signal(out, f"hsc: serving atf.v1.HeartbeatStatus on port {server.port}")
     finally:
         server.stop()
         gateway.close()
@@ -765,17 +844,35 @@ def _cmd_frontend(args: argparse.Namespace, settings: Settings, out: TextIO) -> 
     bootstrap = _require_bootstrap(settings, "frontend")
     if bootstrap is None:
         return EXIT_USAGE
+    security = ServerSecurity.from_settings(settings)
     gateway = CommandGateway(settings, bootstrap, client_id="frontend")
     control = ControlView(settings, bootstrap)
-    server = frontend_server(gateway, control, args.listen or settings.frontend_address)
+    server = frontend_server(
+        gateway, control, args.listen or settings.frontend_address, security=security
+    )
     try:
         server.start()
-        print(f"frontend: serving atf.v1.Frontend on port {server.port}", file=out, flush=True)
-        return _wait_for_signal(out)
+        return _wait_for_signal(out, f"frontend: serving atf.v1.Frontend on port {server.port}")
     finally:
         server.stop()
         gateway.close()
         control.close()
+
+
+def _cmd_dashboard(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    frontend = args.frontend or settings.frontend_address
+    server = dashboard_server(settings, frontend, args.listen)
+    try:
+        try:
+            server.start()
+        except DashboardError as exc:
+            print(f"atf-es: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        return _wait_for_signal(
+            out, f"dashboard: {server.url} (data from the Frontend at {frontend})"
+        )
+    finally:
+        server.stop()
 
 
 def _cmd_controller(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
@@ -789,16 +886,15 @@ def _cmd_controller(args: argparse.Namespace, settings: Settings, out: TextIO) -
         sorted(app.lambdas),
         args.hsc or settings.hsc_address,
         address=args.listen or settings.controller_address,
+        security=ServerSecurity.from_settings(settings),
     )
     try:
         controller.start()
-        print(
+        return _wait_for_signal(
+            out,
             f"controller: serving NextWork on port {controller.port} for "
             f"{', '.join(sorted(app.lambdas))}",
-            file=out,
-            flush=True,
         )
-        return _wait_for_signal(out)
     finally:
         controller.stop()
 
@@ -819,6 +915,7 @@ def _cmd_executor(args: argparse.Namespace, settings: Settings, out: TextIO) -> 
         args.hsc or settings.hsc_address,
         threads=args.threads,
         prefetch=bool(settings.executor_prefetch),
+        credentials=Credentials.from_settings(settings),
     )
     prefetch = ", prefetching" if settings.executor_prefetch else ""
     print(
@@ -829,7 +926,7 @@ def _cmd_executor(args: argparse.Namespace, settings: Settings, out: TextIO) -> 
 
 
 def _cmd_schedule(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    with Client(args.frontend or settings.frontend_address) as client:
+    with _client(args, settings) as client:
         task_id = client.schedule(
             args.lambda_name,
             args.payload.encode(),
@@ -871,7 +968,7 @@ def _cmd_status(args: argparse.Namespace, settings: Settings, out: TextIO) -> in
                 file=sys.stderr,
             )
             return EXIT_USAGE
-    with Client(args.frontend or settings.frontend_address) as client:
+    with _client(args, settings) as client:
         info = client.get(args.task_id, as_of=as_of)
     fields = {
         name: (value.decode("utf-8", "replace") if isinstance(value, bytes) else value)
@@ -888,7 +985,7 @@ def _cmd_status(args: argparse.Namespace, settings: Settings, out: TextIO) -> in
 
 
 def _cmd_history(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    with Client(args.frontend or settings.frontend_address) as client:
+    with _client(args, settings) as client:
         entries = client.history(args.task_id)
     if args.json:
         rows = [dataclasses.asdict(e) | {"status": e.status.value} for e in entries]
@@ -971,7 +1068,7 @@ def _cmd_replay(args: argparse.Namespace, settings: Settings, out: TextIO) -> in
 
 
 def _cmd_cancel(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    with Client(args.frontend or settings.frontend_address) as client:
+    with _client(args, settings) as client:
         info = client.cancel(args.task_id, args.reason, requested_by="atf-es cancel")
     print(f"{info.task_id}: {info.status.value}", file=out)
     return EXIT_OK
@@ -993,7 +1090,7 @@ def _cmd_gate(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     if args.action == "list" and collection:
         print("atf-es gate list: takes a LAMBDA, not a collection", file=sys.stderr)
         return EXIT_USAGE
-    with Client(args.frontend or settings.frontend_address) as client:
+    with _client(args, settings) as client:
         if args.action == "list":
             gates = client.gates(lambda_name or None)
         else:
@@ -1069,7 +1166,7 @@ def _cmd_periodic_add(args: argparse.Namespace, settings: Settings, out: TextIO)
         start = _parse_time(args.start)
     if args.end is not None:
         end = _parse_time(args.end)
-    with Client(args.frontend or settings.frontend_address) as client:
+    with _client(args, settings) as client:
         info = client.set_periodic(
             args.name,
             args.lambda_name,
@@ -1092,7 +1189,7 @@ def _cmd_periodic_add(args: argparse.Namespace, settings: Settings, out: TextIO)
 
 
 def _cmd_periodic_list(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    with Client(args.frontend or settings.frontend_address) as client:
+    with _client(args, settings) as client:
         schedules = client.periodic(args.lambda_name)
     if args.json:
         rows = [
@@ -1162,7 +1259,7 @@ def _cmd_chain_run(args: argparse.Namespace, settings: Settings, out: TextIO) ->
         print(f"atf-es chain run: {parsed}", file=sys.stderr)
         return EXIT_USAGE
     spec, steps = parsed
-    with Client(args.frontend or settings.frontend_address) as client:
+    with _client(args, settings) as client:
         chain_id, ids = client.schedule_chain(
             steps,
             chain_id=spec.get("chain_id"),
@@ -1178,7 +1275,7 @@ def _cmd_chain_run(args: argparse.Namespace, settings: Settings, out: TextIO) ->
 
 
 def _cmd_chain_status(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    with Client(args.frontend or settings.frontend_address) as client:
+    with _client(args, settings) as client:
         info = client.chain(args.chain_id)
     if args.json:
         print(json.dumps(dataclasses.asdict(info), default=_jsonable, indent=2), file=out)
@@ -1204,7 +1301,7 @@ def _jsonable(value: object) -> object:
 
 def _cmd_periodic_change(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     action = args.periodic_action
-    with Client(args.frontend or settings.frontend_address) as client:
+    with _client(args, settings) as client:
         if action == "remove":
             if not client.remove_periodic(args.name):
                 print(
@@ -1268,7 +1365,7 @@ def _cmd_dlq_list(args: argparse.Namespace, settings: Settings, out: TextIO) -> 
         print(f"atf-es dlq list: --limit must not be negative, got {args.limit}", file=sys.stderr)
         return EXIT_USAGE
     since, until = times
-    with Client(args.frontend or settings.frontend_address) as client:
+    with _client(args, settings) as client:
         counts = client.dead_letter_counts(args.lambda_name)
         if args.counts:
             return _print_counts(counts, args.json, out)
@@ -1350,7 +1447,7 @@ def _task_json(task: TaskInfo) -> dict[str, Any]:
 
 
 def _cmd_dlq_show(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    with Client(args.frontend or settings.frontend_address) as client:
+    with _client(args, settings) as client:
         info = client.get(args.task_id)
         history_problem = None
         try:
@@ -1427,7 +1524,7 @@ def _cmd_dlq_redrive(args: argparse.Namespace, settings: Settings, out: TextIO) 
     if times is None:
         return EXIT_USAGE
     by = f"{args.by or _user()} (atf-es dlq)"
-    with Client(args.frontend or settings.frontend_address) as client:
+    with _client(args, settings) as client:
         if args.task_ids:
             target: list[str] | DeadLetterFilter = list(args.task_ids)
             described = f"{len(set(args.task_ids))} tasks"
@@ -1505,7 +1602,12 @@ def _cmd_config(args: argparse.Namespace, settings: Settings, out: TextIO) -> in
         if f.name in ("sources", "kafka_config"):
             continue
         value = getattr(settings, f.name)
-        shown = "(embedded broker)" if value is None else str(value)
+        if f.name == "auth_token" and value is not None:
+            shown = "********"
+        elif value is None:
+            shown = "(embedded broker)" if f.name == "kafka_bootstrap" else "(unset)"
+        else:
+            shown = str(value)
         source = settings.source_of(f.name)
         env = "" if source.startswith("environment") else f"  [{env_var_for(f.name)}]"
         print(f"{f.name:<22} = {shown:<24} # {source}{env}", file=out)
@@ -1517,6 +1619,40 @@ def _cmd_config(args: argparse.Namespace, settings: Settings, out: TextIO) -> in
     for key, value in sorted(kafka.items()):
         print(f"kafka.{key:<16} = {value:<24} # {settings.source_of('kafka.' + key)}", file=out)
     return EXIT_OK
+
+
+def _cmd_define(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    bootstrap = _require_bootstrap(settings, "define")
+    if bootstrap is None:
+        return EXIT_USAGE
+    app = load_app(args.app)
+    if not app.lambdas:
+        print(f"atf-es define: app {app.name!r} has no lambdas", file=sys.stderr)
+        return EXIT_USAGE
+    app.define(settings, bootstrap)
+    for name in sorted(app.lambdas):
+        policy = app.lambdas[name].policy
+        print(
+            f"defined {name}: {policy.priorities} priorities, max {policy.max_attempts} attempts",
+            file=out,
+        )
+    print(f"app {app.name}: {len(app.lambdas)} lambdas defined at {bootstrap}", file=out)
+    return EXIT_OK
+
+
+def _cmd_health(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    credentials = Credentials(tls_ca_file=settings.tls_ca_file)
+    with open_channel(args.address, credentials) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=args.timeout
+            )
+        except grpc.RpcError as exc:
+            print(f"unhealthy: {args.address}: {exc.code().name}: {exc.details()}", file=out)
+            return EXIT_FAILURE
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{args.address}: {status}", file=out)
+    return EXIT_OK if reply.status == health_pb2.HealthCheckResponse.SERVING else EXIT_FAILURE
 
 
 def _cmd_check(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
@@ -1553,10 +1689,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``atf-es`` command line; returns the process exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    verbose = bool(getattr(args, "verbose", False))
+    logs.configure("text", verbose=verbose)
     out = sys.stdout
     try:
         settings = _settings_from(args)
@@ -1565,7 +1699,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_USAGE
+    logs.configure(settings.log_format, verbose=verbose)
     handler: Callable[[argparse.Namespace, Settings, TextIO], int] = args.handler
+    metrics_server: metrics.MetricsServer | None = None
+    if getattr(args, "serves_metrics", False) and settings.metrics_address:
+        try:
+            metrics_server = metrics.serve(settings.metrics_address)
+        except (OSError, ValueError) as exc:
+            print(
+                f"atf-es: cannot serve metrics on {settings.metrics_address}: {exc}",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
+        print(f"metrics: {metrics_server.url}", file=out, flush=True)
     try:
         return handler(args, settings, out)
     except ConfigError as exc:
@@ -1587,3 +1733,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+    finally:
+        if metrics_server is not None:
+            metrics_server.stop()

@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -39,6 +40,7 @@ from atf_es._proto.atf.v1 import (
     frontend_pb2_grpc,
 )
 from atf_es.events.status import TaskStatus
+from atf_es.services.channels import Credentials, open_async_channel, open_channel
 
 REPLY_CODE_KEY = "atf-reply-code"
 """Trailing metadata carrying the precise reply code (as ``atf_es.services.hsc`` sends it)."""
@@ -116,6 +118,14 @@ class ResourceExhausted(AtfError):  # noqa: N818 - named after the gRPC status
         self.retry_after = retry_after
 
 
+class Unauthenticated(AtfError):  # noqa: N818 - named after the gRPC status
+    """The call carried no token, or one the service does not know (docs/security.md)."""
+
+
+class PermissionDenied(AtfError):  # noqa: N818 - named after the gRPC status
+    """The caller's token does not allow this call; the message says what it allows."""
+
+
 def _retry_after(milliseconds: object) -> float | None:
     try:
         value = int(str(milliseconds))
@@ -133,6 +143,8 @@ _ERRORS: dict[grpc.StatusCode, type[AtfError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
 }
 
 
@@ -196,6 +208,9 @@ class TaskInfo:
     chain_node: str | None = None
     root_task_id: str | None = None
     parent_task_ids: tuple[str, ...] = ()
+    scheduled_by: str | None = None
+    """The principal whose token scheduled it (docs/security.md); None without
+    access control."""
 
     @property
     def terminal(self) -> bool:
@@ -235,6 +250,7 @@ class TaskInfo:
             chain_node=opt("chain_node"),
             root_task_id=opt("root_task_id"),
             parent_task_ids=tuple(info.parent_task_ids),
+            scheduled_by=opt("scheduled_by"),
         )
 
 
@@ -606,6 +622,95 @@ class RedriveResult:
 
 
 @dataclass(frozen=True, slots=True)
+class DepthPoint:
+    """A lambda's queue depth at one instant (``Client.overview``)."""
+
+    at_ms: int
+    enqueued: int
+    """Enqueued or claimed, not started yet."""
+    due: int
+    """Due but not enqueued: held by a pause gate, or waiting for flow-control credit."""
+
+    @property
+    def waiting(self) -> int:
+        return self.enqueued + self.due
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyPoint:
+    """Delivery latency (due to started) of a lambda's starts in ``[at_ms - interval, at_ms)``."""
+
+    at_ms: int
+    started: int
+    p50_ms: int
+    p95_ms: int
+    max_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class LambdaOverview:
+    """One lambda in ``Client.overview``: its tasks counted, its queue and latency over time."""
+
+    lambda_name: str
+    counts: dict[tuple[str, TaskStatus], int]
+    """Non-zero counts by ``(collection, status)``."""
+    depth: list[DepthPoint]
+    """Oldest first, the last hour (since the Frontend's view started sampling)."""
+    latency: list[LatencyPoint]
+    """Oldest first, the last hour; only intervals in which tasks started."""
+
+    @property
+    def by_status(self) -> dict[TaskStatus, int]:
+        totals: dict[TaskStatus, int] = {}
+        for (_, status), count in self.counts.items():
+            totals[status] = totals.get(status, 0) + count
+        return totals
+
+    @property
+    def by_collection(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for (collection, _), count in self.counts.items():
+            totals[collection] = totals.get(collection, 0) + count
+        return totals
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @classmethod
+    def from_proto(cls, message: admin_pb2.LambdaOverview) -> LambdaOverview:
+        return cls(
+            lambda_name=message.lambda_name,
+            counts={
+                (count.collection, _status(count.status)): count.count for count in message.counts
+            },
+            depth=[DepthPoint(d.at_ms, d.enqueued, d.due) for d in message.depth],
+            latency=[
+                LatencyPoint(p.at_ms, p.started, p.p50_ms, p.p95_ms, p.max_ms)
+                for p in message.latency
+            ],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    """What ``Client.overview`` returns (docs/dashboard.md)."""
+
+    lambdas: dict[str, LambdaOverview]
+    """By lambda name: every lambda that is defined or has tasks."""
+    sample_interval_ms: int
+    sampling_since_ms: int | None
+    """When the Frontend's view took its first depth sample; None: not yet."""
+    as_of_ms: int
+    tasks: int
+    """Tasks the view holds (all not yet deleted by retention)."""
+
+
+def _status(value: int) -> TaskStatus:
+    return TaskStatus[common_pb2.TaskStatus.Name(value).removeprefix("TASK_STATUS_")]
+
+
+@dataclass(frozen=True, slots=True)
 class TaskRequest:
     """One task for ``schedule_many``; the fields mean what ``Client.schedule``'s arguments do."""
 
@@ -698,6 +803,10 @@ def _timeout_error(task_id: str, timeout: float, last: TaskInfo) -> TimeoutError
 # -- the clients -------------------------------------------------------------
 
 
+def _credentials(token: str | None, tls_ca_file: str | Path | None) -> Credentials:
+    return Credentials(token, Path(tls_ca_file) if tls_ca_file is not None else None)
+
+
 class Client:
     """A synchronous Frontend client; every call is bounded by ``timeout`` seconds.
 
@@ -707,10 +816,19 @@ class Client:
     <TaskStatus.CANCELLED: 'cancelled'>
     """
 
-    def __init__(self, address: str, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout: float = 10.0,
+        token: str | None = None,
+        tls_ca_file: str | Path | None = None,
+    ) -> None:
+        """``token``: sent as a bearer token with every call; ``tls_ca_file``: PEM
+        roots to verify the Frontend's certificate (TLS). See docs/security.md."""
         self.address = address
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(address)
+        self._channel = open_channel(address, _credentials(token, tls_ca_file))
         self._stub = frontend_pb2_grpc.FrontendStub(self._channel)
         self._admin = admin_pb2_grpc.AdminStub(self._channel)
 
@@ -1083,6 +1201,28 @@ class Client:
         request = admin_pb2.RemovePeriodicRequest(name=name)
         return bool(self._call(self._admin.RemovePeriodic, request).removed)
 
+    def overview(self, lambda_name: str | None = None) -> Overview:
+        """Task counts by collection and status, queue depth and delivery latency
+        over the last hour, per lambda (or of one; ``UnknownLambda`` if it is
+        neither defined nor has tasks).
+
+        >>> atf.overview().lambdas["send_email"].by_status  # doctest: +SKIP
+        {<TaskStatus.SUCCESS: 'success'>: 120, <TaskStatus.ENQUEUED: 'enqueued'>: 3}
+        """
+        request = admin_pb2.OverviewRequest()
+        if lambda_name is not None:
+            request.lambda_name = lambda_name
+        response = self._call(self._admin.Overview, request)
+        return Overview(
+            lambdas={
+                found.lambda_name: LambdaOverview.from_proto(found) for found in response.lambdas
+            },
+            sample_interval_ms=response.sample_interval_ms,
+            sampling_since_ms=response.sampling_since_ms or None,
+            as_of_ms=response.as_of_ms,
+            tasks=response.tasks,
+        )
+
     def _set_gate(
         self,
         action: admin_pb2.GateAction,
@@ -1145,10 +1285,17 @@ class AsyncClient:
     ...     info = await atf.wait(task_id, timeout=60)
     """
 
-    def __init__(self, address: str, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout: float = 10.0,
+        token: str | None = None,
+        tls_ca_file: str | Path | None = None,
+    ) -> None:
         self.address = address
         self.timeout = timeout
-        self._channel = grpc.aio.insecure_channel(address)
+        self._channel = open_async_channel(address, _credentials(token, tls_ca_file))
         self._stub = frontend_pb2_grpc.FrontendStub(self._channel)
 
     async def schedule(
@@ -1240,12 +1387,17 @@ __all__ = [
     "DeadLetterFilter",
     "DeadLetterPage",
     "DeadlineExceeded",
+    "DepthPoint",
     "FailedPrecondition",
     "GateInfo",
     "HistoryEntry",
     "InvalidArgument",
+    "LambdaOverview",
+    "LatencyPoint",
     "NotFound",
+    "Overview",
     "PeriodicInfo",
+    "PermissionDenied",
     "RedriveReply",
     "RedriveResult",
     "ResourceExhausted",
@@ -1253,6 +1405,7 @@ __all__ = [
     "TaskInfo",
     "TaskNotFound",
     "TaskRequest",
+    "Unauthenticated",
     "Unavailable",
     "Unimplemented",
     "UnknownLambda",

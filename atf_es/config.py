@@ -34,6 +34,7 @@ __all__ = [
     "ENV_CONFIG_FILE",
     "ENV_KAFKA_PREFIX",
     "ENV_PREFIX",
+    "LOG_FORMATS",
     "PRIORITY_POLICIES",
     "ConfigError",
     "Settings",
@@ -56,6 +57,9 @@ _TOPIC_PREFIX = re.compile(r"^[A-Za-z0-9._-]+$")
 
 # Values that must never be echoed back by `atf-es config`.
 _SECRET_KEY_PARTS = ("password", "secret", "token", "key")
+
+LOG_FORMATS = ("text", "json")
+"""Values of ``Settings.log_format``."""
 
 PRIORITY_POLICIES = ("strict", "aging")
 """How a Controller picks among buffered priorities (see docs/priorities.md)."""
@@ -170,6 +174,27 @@ class Settings:
     behind a callback that runs longer than the lambda's ``claim_timeout_ms``
     is enqueued again after that timeout. 0 (the default): a thread claims a
     task only when it is free to run it."""
+    dashboard_address: str = "127.0.0.1:7080"
+    """host:port where ``atf-es dashboard`` serves the web dashboard."""
+    metrics_address: str | None = None
+    """host:port where a service serves Prometheus ``/metrics`` (port 0: any free
+    port, printed at start); None: no metrics endpoint. See docs/metrics.md."""
+    log_format: str = "text"
+    """``text`` (one line per record) or ``json`` (one JSON object per record,
+    with ``task_id`` and the other context fields as keys)."""
+    auth_tokens_file: Path | None = None
+    """Server side: a TOML file of principals (token, roles, lambdas). When set,
+    every gRPC call must carry a token from it; see docs/security.md."""
+    auth_token: str | None = None
+    """Client side: the bearer token sent with every gRPC call (workers and CLI)."""
+    tls_cert_file: Path | None = None
+    """Server side: PEM certificate chain; with ``tls_key_file`` the gRPC services
+    listen with TLS only."""
+    tls_key_file: Path | None = None
+    """Server side: the PEM private key of ``tls_cert_file``."""
+    tls_ca_file: Path | None = None
+    """Client side: PEM root certificates to verify the services with; when set,
+    clients connect with TLS."""
     kafka_config: Mapping[str, str] = field(default_factory=dict)
     """librdkafka properties passed to every client (SASL, SSL, ...)."""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -243,8 +268,24 @@ class Settings:
             bad("priority_policy", f"must be {choices}, got {self.priority_policy!r}")
         if not isinstance(self.data_dir, Path):
             bad("data_dir", "must be a non-empty path")
-        for name in _ADDRESS_FIELDS:
+        if self.log_format not in LOG_FORMATS:
+            choices = " or ".join(map(repr, LOG_FORMATS))
+            bad("log_format", f"must be {choices}, got {self.log_format!r}")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            given, missing = (
+                ("tls_cert_file", "tls_key_file")
+                if self.tls_key_file is None
+                else ("tls_key_file", "tls_cert_file")
+            )
+            bad(given, f"needs {missing} too (a TLS server needs its certificate and key)")
+        if self.auth_token is not None and (
+            not isinstance(self.auth_token, str) or not self.auth_token.strip()
+        ):
+            bad("auth_token", "must be a non-blank string")
+        for name in (*_ADDRESS_FIELDS, *_OPTIONAL_ADDRESS_FIELDS):
             value = getattr(self, name)
+            if value is None and name in _OPTIONAL_ADDRESS_FIELDS:
+                continue
             host, sep, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
             if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
                 bad(name, f"must be host:port (e.g. '127.0.0.1:7070'), got {value!r}")
@@ -264,7 +305,9 @@ class Settings:
 
 
 _FIELDS = {f.name: f for f in fields(Settings) if f.name != "sources"}
-_ADDRESS_FIELDS = ("frontend_address", "hsc_address", "controller_address")
+_ADDRESS_FIELDS = ("frontend_address", "hsc_address", "controller_address", "dashboard_address")
+_OPTIONAL_ADDRESS_FIELDS = ("metrics_address",)
+_OPTIONAL_PATH_FIELDS = ("auth_tokens_file", "tls_cert_file", "tls_key_file", "tls_ca_file")
 _SCALARS = {name for name in _FIELDS if name != "kafka_config"}
 _INT_FIELDS = {
     "partitions",
@@ -338,8 +381,27 @@ class _Layers:
                 self.problems.append(f"data_dir must be a non-empty path (from {source}).")
                 return
             value = Path(value)
-        elif name in ("kafka_bootstrap", "topic_prefix", "priority_policy", *_ADDRESS_FIELDS):
-            if name == "kafka_bootstrap" and value in (None, ""):
+        elif name in _OPTIONAL_PATH_FIELDS:
+            if value in (None, ""):
+                value = None
+            elif not isinstance(value, str | Path):
+                self.problems.append(f"{name} must be a path, got {value!r} (from {source}).")
+                return
+            else:
+                value = Path(value)
+        elif name in (
+            "kafka_bootstrap",
+            "topic_prefix",
+            "priority_policy",
+            "log_format",
+            "auth_token",
+            *_ADDRESS_FIELDS,
+            *_OPTIONAL_ADDRESS_FIELDS,
+        ):
+            if name in ("kafka_bootstrap", "auth_token", *_OPTIONAL_ADDRESS_FIELDS) and value in (
+                None,
+                "",
+            ):
                 value = None
             elif not isinstance(value, str):
                 self.problems.append(f"{name} must be a string, got {value!r} (from {source}).")

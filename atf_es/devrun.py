@@ -4,7 +4,9 @@ In this process: the partition processor, the HSC, the Frontend and one
 Controller for the app's lambdas. Executors run as child processes, one per
 lambda, because an executor that loses its heartbeats ends its own process
 (that is what keeps a task from running twice at once); the supervisor here
-starts it again.
+starts it again. With ``--metrics HOST:PORT`` this process serves the
+in-process services' metrics there (cli.main) and each executor child its
+own on ``HOST:0``, whose URL is printed (docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -17,12 +19,16 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TextIO
 
+from atf_es import metrics
 from atf_es.app import App
 from atf_es.client import AtfError, Client, TaskInfo
 from atf_es.config import Settings
+from atf_es.dashboard import DashboardError, DashboardServer, dashboard_server
 from atf_es.events import TaskStatus
+from atf_es.services.auth import ServerSecurity
 from atf_es.services.control import ControlView
 from atf_es.services.controller import Controller
+from atf_es.services.executor import EXIT_HEARTBEAT_LOST
 from atf_es.services.frontend import frontend_server
 from atf_es.services.gateway import CommandGateway
 from atf_es.services.grpc_server import GrpcServer
@@ -33,22 +39,64 @@ DEMO_APP = "atf_es.examples.demo:app"
 
 
 class ExecutorProcess:
-    """One ``atf-es executor`` child, restarted if it ends on its own."""
+    """One ``atf-es executor`` child, restarted if it ends on its own.
 
-    def __init__(self, app_spec: str, lambda_name: str, controller: str, hsc: str, out: TextIO):
+    With ``metrics_host``, each child serves its own ``/metrics`` on a free
+    port of that host (``--metrics HOST:0``); the supervisor prints the URL
+    each child reports (again after a restart) and counts the restarts in
+    ``atf_dev_executor_restarts`` on the dev process's endpoint.
+    """
+
+    def __init__(
+        self,
+        app_spec: str,
+        lambda_name: str,
+        controller: str,
+        hsc: str,
+        out: TextIO,
+        *,
+        metrics_host: str | None = None,
+        log_format: str = "text",
+    ):
         self.name = f"executor[{lambda_name}]"
+        self.lambda_name = lambda_name
         self._command = [
             sys.executable, "-m", "atf_es", "executor", app_spec, lambda_name,
             "--controller", controller, "--hsc", hsc, "--threads", "2",
         ]  # fmt: skip
+        self._command += ["--log-format", log_format]
+        if metrics_host is not None:
+            self._command += ["--metrics", f"{metrics_host}:0"]
+        self._metrics = metrics_host is not None
         self._out = out
         self._process: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
         self.restarts = 0
+        self.metrics_url: str | None = None
+        """The current child's /metrics, once it said."""
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        if not self._metrics:
+            return subprocess.Popen(self._command, stdout=subprocess.DEVNULL)
+        process = subprocess.Popen(self._command, stdout=subprocess.PIPE)
+        threading.Thread(
+            target=self._read, args=(process,), name=f"{self.name}-out", daemon=True
+        ).start()
+        return process
+
+    def _read(self, process: subprocess.Popen[bytes]) -> None:
+        """Pass the child's metrics line on; drain the rest (a full pipe would block it)."""
+        assert process.stdout is not None
+        for raw in process.stdout:
+            line = raw.decode(errors="replace").strip()
+            if line.startswith("metrics: "):
+                self.metrics_url = line.removeprefix("metrics: ")
+                print(f"{self.name} {line}", file=self._out, flush=True)
+        process.stdout.close()
 
     def start(self) -> None:
-        self._process = subprocess.Popen(self._command, stdout=subprocess.DEVNULL)
+        self._process = self._spawn()
         self._watcher = threading.Thread(target=self._watch, name=self.name, daemon=True)
         self._watcher.start()
 
@@ -61,8 +109,10 @@ class ExecutorProcess:
             if self._stopping.is_set():
                 return
             self.restarts += 1
+            reason = "heartbeats_lost" if code == EXIT_HEARTBEAT_LOST else "exited"
+            metrics.DEV_EXECUTOR_RESTARTS.labels(self.lambda_name, reason).inc()
             print(f"{self.name} exited with status {code}; restarting it", file=self._out)
-            self._process = subprocess.Popen(self._command, stdout=subprocess.DEVNULL)
+            self._process = self._spawn()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -89,12 +139,15 @@ class System:
     frontend: GrpcServer
     controller: Controller
     executors: list[ExecutorProcess]
+    dashboard: DashboardServer | None = None
 
     @property
     def frontend_address(self) -> str:
         return f"127.0.0.1:{self.frontend.port}"
 
     def stop(self) -> None:
+        if self.dashboard is not None:
+            self.dashboard.stop()
         for executor in self.executors:
             executor.stop()
         self.controller.stop()
@@ -114,8 +167,9 @@ def start_system(
     processor.start()
     gateway = CommandGateway(settings, bootstrap, client_id="dev")
     control = ControlView(settings, bootstrap)
-    hsc = hsc_server(gateway, settings.hsc_address)
-    frontend = frontend_server(gateway, control, settings.frontend_address)
+    security = ServerSecurity.from_settings(settings)
+    hsc = hsc_server(gateway, settings.hsc_address, security=security)
+    frontend = frontend_server(gateway, control, settings.frontend_address, security=security)
     hsc.start()
     frontend.start()
     controller = Controller(
@@ -124,11 +178,22 @@ def start_system(
         sorted(app.lambdas),
         f"127.0.0.1:{hsc.port}",
         address=settings.controller_address,
+        security=security,
     )
     controller.start()
     executors = [
         ExecutorProcess(
-            app_spec, name, f"127.0.0.1:{controller.port}", f"127.0.0.1:{hsc.port}", out
+            app_spec,
+            name,
+            f"127.0.0.1:{controller.port}",
+            f"127.0.0.1:{hsc.port}",
+            out,
+            metrics_host=(
+                metrics.parse_address(settings.metrics_address)[0]
+                if settings.metrics_address
+                else None
+            ),
+            log_format=settings.log_format,
         )
         for name in sorted(app.lambdas)
     ]
@@ -143,6 +208,14 @@ def start_system(
     )
     if not processor.ready.wait(60):
         raise RuntimeError("the processor did not get its partitions within 60 s")
+    dashboard = dashboard_server(settings, system.frontend_address)
+    try:
+        dashboard.start()
+    except DashboardError as exc:
+        print(f"dashboard: not started: {exc} (set ATF_DASHBOARD_ADDRESS)", file=out, flush=True)
+    else:
+        system.dashboard = dashboard
+        print(f"dashboard: {dashboard.url}", file=out, flush=True)
     return system
 
 
@@ -167,7 +240,10 @@ def run_demo(system: System, out: TextIO, *, timeout: float = 90.0) -> int:
     """Schedule the demo workload, show progress, print a summary; 0 if all went as expected."""
     expected: dict[str, Expected] = {}
     delayed: set[str] = set()
-    with Client(system.frontend_address) as client:
+    settings = system.controller.settings
+    with Client(
+        system.frontend_address, token=settings.auth_token, tls_ca_file=settings.tls_ca_file
+    ) as client:
         for lambda_name, count, delay, payload, expectation in DEMO_WORKLOAD:
             for _ in range(count):
                 task_id = client.schedule(lambda_name, payload, delay=delay or None)

@@ -34,6 +34,8 @@ class ScheduleTask:
     chain: ChainLink | None = None
     """For a node of a chain (the root, as a client sends it; the others, as the
     processor schedules them)."""
+    scheduled_by: str | None = None
+    """The principal that scheduled it, under access control (docs/security.md)."""
 
 
 @dataclass(frozen=True, slots=True)

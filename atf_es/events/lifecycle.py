@@ -211,6 +211,7 @@ def _schedule(
                 scheduled_at=cmd.run_at,
                 idempotency_key=cmd.idempotency_key,
                 chain=cmd.chain,
+                scheduled_by=cmd.scheduled_by,
             ),
         )
     )
@@ -430,6 +431,7 @@ def evolve(task: Task | None, event: Event) -> Task:
             next_trigger_at=event.scheduled_at,
             idempotency_key=event.idempotency_key,
             chain=event.chain,
+            scheduled_by=event.scheduled_by,
         )
     if task is None:
         raise SequenceError(f"{type(event).__name__} for unknown task {event.task_id!r}")

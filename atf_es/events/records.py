@@ -150,6 +150,7 @@ def task_to_record(task: Task) -> Record:
         "result": task.result,
         "idempotency_key": task.idempotency_key,
         "chain": None if task.chain is None else link_to_record(task.chain),
+        "scheduled_by": task.scheduled_by,
     }
 
 
@@ -227,6 +228,7 @@ def task_from_record(rec: Record) -> Task:
         result=rec["result"],
         idempotency_key=rec["idempotency_key"],
         chain=link_from_record(rec.get("chain")),
+        scheduled_by=rec.get("scheduled_by"),
     )
 
 
@@ -289,6 +291,7 @@ _SCHEDULED_FROM_SNAPSHOT: Final = (
     "scheduled_at",
     "idempotency_key",
     "chain",
+    "scheduled_by",
 )
 """TaskScheduled's own fields, carried by the snapshot rather than the event record."""
 
@@ -392,6 +395,7 @@ def _command_body(cmd: Command) -> Record:
                 "run_at": cmd.run_at,
                 "idempotency_key": cmd.idempotency_key,
                 "chain": None if cmd.chain is None else link_to_record(cmd.chain),
+                "scheduled_by": cmd.scheduled_by,
             }
         case ClaimTask() | Heartbeat():
             return {"task_id": cmd.task_id, "lease": cmd.lease, "worker": cmd.worker}
@@ -441,6 +445,7 @@ def command_from_record(rec: Record) -> CommandEnvelope:
                 run_at=body["run_at"],
                 idempotency_key=body["idempotency_key"],
                 chain=link_from_record(body.get("chain")),
+                scheduled_by=body.get("scheduled_by"),
             )
         case "atf.v1.ClaimTask":
             cmd = ClaimTask(command_id, body["task_id"], body["lease"], body["worker"])

@@ -41,3 +41,6 @@ class Task:
     idempotency_key: str | None = None
     chain: ChainLink | None = None
     """For a node of a chain: the chain, and which node this is."""
+    scheduled_by: str | None = None
+    """The principal whose token scheduled the task (docs/security.md); None
+    without access control. Besides admins, only it may cancel the task."""

@@ -61,6 +61,7 @@ class TaskScheduled:
     scheduled_at: int
     idempotency_key: str | None
     chain: ChainLink | None = None
+    scheduled_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,12 @@ Periodic schedules (``SetPeriodic``, ``ListPeriodic``, ``PausePeriodic``,
 ``RemovePeriodic``) are control-topic entries too, written and read back
 like gates; the processor owning each one's partition fires it. See
 docs/periodic.md.
+
+``Overview`` (task counts per lambda, collection and status, queue depth and
+delivery latency over the last hour) is answered from an
+:class:`~atf_es.services.overview.OverviewView`, created at the first call
+(which starts its sampling thread) and read to the end of the task-events
+topic before each answer. See docs/dashboard.md.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from atf_es.events import Command, Gate, GateAction, GateError, RedriveTask, Tas
 from atf_es.events.periodic import SCHEDULE_NAME, Misfire, PeriodicError, PeriodicSchedule
 from atf_es.events.policy import COLLECTION_NAME, LAMBDA_NAME
 from atf_es.events.replies import Reply
+from atf_es.services.auth import acting_as
 from atf_es.services.control import ControlView, publish_gate, publish_periodic
 from atf_es.services.deadletters import (
     Cursor,
@@ -54,6 +61,7 @@ from atf_es.services.gateway import (
 )
 from atf_es.services.grpc_server import abort
 from atf_es.services.hsc import REPLY_CODE_KEY
+from atf_es.services.overview import LambdaOverview, OverviewView
 
 log = logging.getLogger(__name__)
 
@@ -145,17 +153,22 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         self._gateway = gateway
         self._own_gateway: CommandGateway | None = None
         self._dead_letters: DeadLetterView | None = None
+        self._overview: OverviewView | None = None
         self._lazy_lock = threading.Lock()
         self._closed = False
 
     def close(self) -> None:
-        """Close the dead-letter view and the gateway this service made. Safe to call twice."""
+        """Close the dead-letter and overview views and the gateway this service made.
+        Safe to call twice."""
         with self._lazy_lock:
             self._closed = True
             view, self._dead_letters = self._dead_letters, None
+            overview, self._overview = self._overview, None
             gateway, self._own_gateway = self._own_gateway, None
         if view is not None:
             view.close()
+        if overview is not None:
+            overview.close()
         if gateway is not None:
             gateway.close()
 
@@ -261,7 +274,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 f"requested_by must be at most {MAX_SET_BY_CHARS} characters, "
                 f"got {len(request.requested_by)}",
             )
-        requested_by = request.requested_by.strip() or DEFAULT_REQUESTED_BY
+        requested_by = acting_as(request.requested_by.strip() or DEFAULT_REQUESTED_BY)
         by_filter = request.HasField("filter")
         if by_filter == bool(request.task_ids):
             abort(
@@ -404,7 +417,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         schedule = replace(
             found,
             paused=request.paused,
-            set_by=request.set_by or DEFAULT_REQUESTED_BY,
+            set_by=acting_as(request.set_by or DEFAULT_REQUESTED_BY),
             defined_at=now_ms(),
         )
         self._publish_periodic(context, schedule.name, schedule)
@@ -479,11 +492,63 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                     message.misfire_grace_ms if message.HasField("misfire_grace_ms") else 5_000
                 ),
                 paused=False,
-                set_by=message.set_by or DEFAULT_REQUESTED_BY,
+                set_by=acting_as(message.set_by or DEFAULT_REQUESTED_BY),
                 defined_at=now_ms(),
             )
         except PeriodicError as exc:
             _invalid(context, f"schedule: {exc}")
+
+    # -- the overview ----------------------------------------------------
+
+    def Overview(
+        self, request: admin_pb2.OverviewRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.OverviewResponse:
+        only = request.lambda_name if request.HasField("lambda_name") else None
+        if only is not None:
+            _check_lambda(context, "lambda_name", only)
+        with self._lazy_lock:
+            if self._closed:
+                abort(context, grpc.StatusCode.UNAVAILABLE, "the Admin service is stopping")
+            if self._overview is None:
+                self._overview = OverviewView(self.control.settings, self.control.bootstrap)
+                self._overview.start()
+            view = self._overview
+        try:
+            view.catch_up(timeout=self._timeout(context))
+        except TimeoutError as exc:
+            abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                f"the overview is still reading the task-events topic ({exc}); "
+                "it goes on from there: try again",
+            )
+        except KafkaException as exc:
+            abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                f"cannot read the task-events topic from Kafka: {exc}",
+            )
+        with self._control_lock:
+            self._catch_up(context)
+            defined = set(self.control.policies)
+        names = sorted(defined | set(view.lambdas()))
+        if only is not None:
+            if only not in names:
+                context.set_trailing_metadata(((REPLY_CODE_KEY, "UNKNOWN_LAMBDA"),))
+                abort(
+                    context,
+                    grpc.StatusCode.NOT_FOUND,
+                    f"lambda {only!r} is not defined and has no tasks",
+                )
+            names = [only]
+        now = now_ms()
+        return admin_pb2.OverviewResponse(
+            lambdas=[_lambda_overview(found) for found in view.overviews(names, now)],
+            sample_interval_ms=view.interval_ms,
+            sampling_since_ms=view.sampling_since or 0,
+            as_of_ms=now,
+            tasks=len(view),
+        )
 
     # -- helpers ---------------------------------------------------------
 
@@ -515,7 +580,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 collection=message.collection if message.HasField("collection") else None,
                 action=action,
                 reason=message.reason,
-                set_by=message.set_by or "admin",
+                set_by=acting_as(message.set_by or "admin"),
                 set_at=now_ms(),
             )
         except GateError as exc:
@@ -601,6 +666,34 @@ def _task_info(task: Task) -> common_pb2.TaskInfo:
     from atf_es.services.frontend import task_to_proto  # frontend imports this module
 
     return task_to_proto(task)
+
+
+def _lambda_overview(found: LambdaOverview) -> admin_pb2.LambdaOverview:
+    return admin_pb2.LambdaOverview(
+        lambda_name=found.lambda_name,
+        counts=[
+            admin_pb2.TaskCount(
+                collection=collection,
+                status=common_pb2.TaskStatus.Value(f"TASK_STATUS_{status.name}"),
+                count=count,
+            )
+            for (collection, status), count in found.counts.items()
+        ],
+        depth=[
+            admin_pb2.DepthSample(at_ms=point.at_ms, enqueued=point.enqueued, due=point.due)
+            for point in found.depth
+        ],
+        latency=[
+            admin_pb2.LatencySample(
+                at_ms=point.at_ms,
+                started=point.started,
+                p50_ms=point.p50_ms,
+                p95_ms=point.p95_ms,
+                max_ms=point.max_ms,
+            )
+            for point in found.latency
+        ],
+    )
 
 
 def _invalid(context: grpc.ServicerContext, message: str) -> NoReturn:

@@ -52,19 +52,20 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from atf_es import kafka_clients
+from atf_es import kafka_clients, metrics
 from atf_es._proto.atf.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from atf_es.config import PRIORITY_POLICIES, Settings
 from atf_es.events import LambdaPolicy, WorkItem
 from atf_es.events.codec import DecodeError, decode_work
-from atf_es.services.channels import service_channel
+from atf_es.services.auth import OPEN, ServerSecurity
+from atf_es.services.channels import Credentials, service_channel
 from atf_es.services.control import ControlView
 from atf_es.services.grpc_server import GrpcServer, abort
 from atf_es.services.hsc import MAX_WORKER_CHARS, REFUSAL_CODES, REPLY_CODE_KEY
@@ -241,7 +242,10 @@ class Controller:
         address: str = "127.0.0.1:0",
         buffer_per_priority: int = 64,
         max_workers: int = 64,
+        security: ServerSecurity = OPEN,
     ) -> None:
+        """``security``: how NextWork is served (TLS, access control); the
+        Controller calls the HSC with ``settings``' token and TLS roots."""
         if not lambda_names:
             raise ValueError("a controller needs at least one lambda to serve")
         if buffer_per_priority < 1:
@@ -264,6 +268,7 @@ class Controller:
         self.failed = False
         """Set if the poll thread crashed: the buffers get no new work."""
         self._max_workers = max_workers
+        self._security = security
         self._lock = threading.Condition()
         self._buffers: dict[_Key, deque[_Buffered]] = {}
         self._selector = PrioritySelector((), self.priority_policy, self.priority_aging_ms)
@@ -280,6 +285,8 @@ class Controller:
         self._hsc: worker_pb2_grpc.HeartbeatStatusStub | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._unregister: Callable[[], None] | None = None
+        self._items = metrics.Children(metrics.CONTROLLER_ITEMS)
 
     # -- lifecycle -------------------------------------------------------
 
@@ -297,7 +304,7 @@ class Controller:
             self._buffers, self.priority_policy, self.priority_aging_ms
         )
         self._check_aging()
-        self._channel = service_channel(self.hsc_address)
+        self._channel = service_channel(self.hsc_address, Credentials.from_settings(self.settings))
         self._hsc = worker_pb2_grpc.HeartbeatStatusStub(self._channel)
         self._consumer = kafka_clients.consumer(
             self.bootstrap,
@@ -325,9 +332,11 @@ class Controller:
             [lambda server: worker_pb2_grpc.add_ControllerServicer_to_server(service, server)],
             [worker_pb2.DESCRIPTOR.services_by_name["Controller"].full_name],
             max_workers=self._max_workers,
+            security=self._security,
         )
         self._server.start()
         self.port = self._server.port
+        self._unregister = metrics.add_source(self._gauges)
         self._thread = threading.Thread(target=self._run, name="controller-poll", daemon=True)
         self._thread.start()
         log.info(
@@ -350,6 +359,25 @@ class Controller:
         if self._channel is not None:
             self._channel.close()
             self._channel = None
+        if self._unregister is not None:
+            self._unregister()
+            self._unregister = None
+
+    def _gauges(self) -> metrics.StateSnapshot:
+        """Buffers, their free room and pause state (scrape thread, under the lock)."""
+        with self._lock:
+            sizes = {key: len(buffer) for key, buffer in self._buffers.items()}
+            idle = self.stats.waiting
+        paused = set(self._paused)  # a copy: the poll thread owns the set
+        labels = {key: (key[0], str(key[1])) for key in sizes}
+        return {
+            "atf_controller_buffered": {labels[k]: n for k, n in sizes.items()},
+            "atf_controller_buffer_credit": {
+                labels[k]: max(0, self.buffer_per_priority - n) for k, n in sizes.items()
+            },
+            "atf_controller_paused": {labels[k]: float(k in paused) for k in sizes},
+            "atf_controller_idle_calls": {(): idle},
+        }
 
     def buffered(self) -> dict[_Key, int]:
         """How many items wait in each (lambda, priority) buffer."""
@@ -459,6 +487,7 @@ class Controller:
                 item = decode_work(value if value is not None else b"")
             except DecodeError as exc:
                 self.stats.bad_records += 1
+                metrics.CONTROLLER_BAD_RECORDS.inc()
                 log.warning(
                     "%s[%d]@%d: skipping an unreadable work item: %s", topic, partition, offset, exc
                 )
@@ -469,6 +498,7 @@ class Controller:
                 # The processor writes each item to its own lambda's topic at its
                 # own priority; anything else is foreign and must not be run here.
                 self.stats.bad_records += 1
+                metrics.CONTROLLER_BAD_RECORDS.inc()
                 log.warning(
                     "%s[%d]@%d: skipping a work item of lambda %.100r priority %d",
                     topic,
@@ -599,15 +629,22 @@ class Controller:
                     reply_code = dict(error.trailing_metadata() or ()).get(REPLY_CODE_KEY)
                     log.log(
                         logging.WARNING if code in _BROKEN else logging.DEBUG,
-                        "discarding %.200s lease %d: %s (%s)",
+                        "claim refused: discarding %.200s lease %d: %s (%s)",
                         entry.item.task_id,
                         entry.item.lease,
                         reply_code or code.name,
                         error.details(),
+                        extra={
+                            "task_id": entry.item.task_id[:200],
+                            "lambda": entry.item.lambda_name,
+                            "lease": entry.item.lease,
+                            "worker": worker,
+                        },
                     )
                     return False
                 with self._lock:
                     self.stats.claim_errors += 1
+                metrics.CONTROLLER_CLAIM_ERRORS.inc()
                 log.warning(
                     "claiming %.200s lease %d (try %d of %d): %s %s",
                     entry.item.task_id,
@@ -681,6 +718,7 @@ class Controller:
                     self.stats.claimed += 1
                 else:
                     self.stats.discarded += 1
+            self._items(entry.item.lambda_name, "claimed" if claimed else "discarded").inc()
             if claimed:
                 items.append(_to_proto(entry.item))
         if items and not context.is_active():

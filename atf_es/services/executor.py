@@ -43,10 +43,12 @@ from types import FrameType
 
 import grpc
 
+from atf_es import metrics
 from atf_es._proto.atf.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from atf_es.app import App, Callback, FatalError, RetriableError, TaskContext
+from atf_es.clock import now_ms
 from atf_es.events import FailureKind, LambdaPolicy, Outcome
-from atf_es.services.channels import service_channel
+from atf_es.services.channels import NO_CREDENTIALS, Credentials, service_channel
 from atf_es.services.hsc import REFUSAL_CODES, REPLY_CODE_KEY
 
 __all__ = [
@@ -86,6 +88,7 @@ def exit_on_heartbeats_lost(task: TaskContext) -> None:
         task.task_id,
         task.lease,
         EXIT_HEARTBEAT_LOST,
+        extra=_context(task),
     )
     for handler in logging.getLogger().handlers:
         handler.flush()
@@ -150,7 +153,9 @@ class Executor:
         wait_ms: int = NEXT_WORK_WAIT_MS,
         prefetch: bool = False,
         on_heartbeats_lost: Callable[[TaskContext], object] = exit_on_heartbeats_lost,
+        credentials: Credentials = NO_CREDENTIALS,
     ) -> None:
+        """``credentials``: the worker token and TLS roots for the Controller and HSC."""
         registered = app.lambdas.get(lambda_name)
         if registered is None:
             known = ", ".join(sorted(app.lambdas)) or "none"
@@ -172,6 +177,7 @@ class Executor:
         """Each thread claims its next task while it runs the current one
         (``Settings.executor_prefetch``; docs/benchmarks.md)."""
         self.on_heartbeats_lost = on_heartbeats_lost
+        self._credentials = credentials
         # The policy guarantees heartbeat_timeout > 3 x interval + margin, and the
         # margin exists to cover one heartbeat RPC: a deadline up to
         # min(interval, margin) keeps self-termination ahead of the timeout while
@@ -180,6 +186,23 @@ class Executor:
             min(self.policy.heartbeat_interval_ms, self.policy.heartbeat_margin_ms) / 1000
         )
         self.stats = ExecutorStats()
+        # Stats that are metrics too (heartbeats_lost is counted just before
+        # on_heartbeats_lost, which ends the process by default).
+        self._metric_of = {
+            "not_started": metrics.EXECUTOR_TASKS.labels(lambda_name, "not_started"),
+            "stopped": metrics.EXECUTOR_TASKS.labels(lambda_name, "stopped"),
+            "heartbeat_failures": metrics.EXECUTOR_HEARTBEAT_FAILURES.labels(lambda_name),
+            "heartbeats_lost": metrics.EXECUTOR_SELF_TERMINATIONS.labels(lambda_name),
+            "unreported": metrics.EXECUTOR_UNREPORTED.labels(lambda_name),
+        }
+        self._outcome_metric = {
+            outcome: metrics.EXECUTOR_TASKS.labels(lambda_name, outcome.value)
+            for outcome in Outcome
+        }
+        self._delivery = metrics.EXECUTOR_DELIVERY_SECONDS.labels(lambda_name)
+        self._run_seconds = metrics.EXECUTOR_RUN_SECONDS.labels(lambda_name)
+        self._refusals = metrics.EXECUTOR_HEARTBEAT_REFUSALS.labels(lambda_name)
+        self._unregister: Callable[[], None] | None = None
         self._stats_lock = threading.Lock()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -201,10 +224,11 @@ class Executor:
     def start(self) -> None:
         if self._threads or self._stopping.is_set():
             return
-        self._controller_channel = service_channel(self.controller_address)
-        self._hsc_channel = service_channel(self.hsc_address)
+        self._controller_channel = service_channel(self.controller_address, self._credentials)
+        self._hsc_channel = service_channel(self.hsc_address, self._credentials)
         self._controller = worker_pb2_grpc.ControllerStub(self._controller_channel)
         self._hsc = worker_pb2_grpc.HeartbeatStatusStub(self._hsc_channel)
+        self._unregister = metrics.add_source(self._gauges)
         for index in range(self.threads):
             thread = threading.Thread(
                 target=self._work_loop,
@@ -257,6 +281,12 @@ class Executor:
             if channel is not None:
                 channel.close()
         self._controller_channel = self._hsc_channel = None
+        if self._unregister is not None:
+            self._unregister()
+            self._unregister = None
+
+    def _gauges(self) -> metrics.StateSnapshot:
+        return {"atf_executor_running": {(self.lambda_name,): len(self._running)}}
 
     def run_forever(self) -> None:
         """Run until SIGTERM or SIGINT (or ``stop()`` from another thread)."""
@@ -285,6 +315,10 @@ class Executor:
         with self._stats_lock:
             for name, value in increments.items():
                 setattr(self.stats, name, getattr(self.stats, name) + value)
+        for name, value in increments.items():
+            metric = self._metric_of.get(name)
+            if metric is not None:
+                metric.inc(value)
 
     def _work_loop(self, worker: str) -> None:
         errors = 0
@@ -351,6 +385,10 @@ class Executor:
             self._count(not_started=1)
             return
         self._count(started=1)
+        # Due: the scheduled time of a first attempt, the enqueue of a later one
+        # (a retry is enqueued when its backoff ends).
+        due = item.scheduled_at_ms if item.attempt == 0 else item.enqueued_at_ms
+        self._delivery.observe(max(0, now_ms() - due) / 1000)
         with self._lock:
             self._running[task.task_id] = task
         beating = threading.Event()
@@ -364,7 +402,9 @@ class Executor:
         beats.start()
         handed_over = False
         try:
+            began = time.perf_counter()
             outcome, error, result = self._call(task)
+            self._run_seconds.observe(time.perf_counter() - began)
             returned.set()
             if not task.cancelled.is_set():
                 with self._lock:
@@ -383,7 +423,10 @@ class Executor:
                 "task %s (lease %d) stopped: cancelled or no longer ours; nothing reported",
                 task.task_id,
                 task.lease,
+                extra=_context(task),
             )
+        else:
+            self._outcome_metric[outcome].inc()
 
     def _start_task(self, task: TaskContext, worker: str) -> bool:
         """The first heartbeat, claimed -> processing; the callback runs only after it."""
@@ -400,6 +443,7 @@ class Executor:
             "will enqueue it again",
             task.task_id,
             task.lease,
+            extra=_context(task),
         )
         return False
 
@@ -413,16 +457,23 @@ class Executor:
             code = error.code()
             if code in REFUSAL_CODES:
                 reason = dict(error.trailing_metadata() or ()).get(REPLY_CODE_KEY, code.name)
+                self._refusals.inc()
                 log.info(
                     "task %s (lease %d) must stop: %s (%s)",
                     task.task_id,
                     task.lease,
                     reason,
                     error.details(),
+                    extra=_context(task),
                 )
                 return _Beat.STOP
             self._count(heartbeat_failures=1)
-            log.warning("heartbeat of task %s failed: %s", task.task_id, _describe_rpc(error))
+            log.warning(
+                "heartbeat of task %s failed: %s",
+                task.task_id,
+                _describe_rpc(error),
+                extra=_context(task),
+            )
             return _Beat.FAILED
         self._count(heartbeats=1)
         return _Beat.OK
@@ -474,7 +525,9 @@ class Executor:
             return Outcome.FATAL, _describe(exc), None
         except Exception as exc:
             if not task.cancelled.is_set():
-                log.exception("task %s failed with an unexpected error", task.task_id)
+                log.exception(
+                    "task %s failed with an unexpected error", task.task_id, extra=_context(task)
+                )
             outcome = (
                 Outcome.FATAL
                 if self.policy.default_failure is FailureKind.FATAL
@@ -578,6 +631,7 @@ class Executor:
                         item.task.task_id,
                         item.task.lease,
                         reply.message,
+                        extra=_context(item.task),
                     )
                     self._settle(item)
                 else:
@@ -591,6 +645,7 @@ class Executor:
                 item.attempts,
                 RESULT_ATTEMPTS,
                 problem,
+                extra=_context(item.task),
             )
             if item.attempts < RESULT_ATTEMPTS:
                 item.retry_at = time.monotonic() + min(2.0, 0.1 * 2**item.attempts)
@@ -605,8 +660,19 @@ class Executor:
             "gave up reporting task %s (lease %d); its heartbeat timeout will run it again",
             item.task.task_id,
             item.task.lease,
+            extra=_context(item.task),
         )
         self._settle(item)
+
+
+def _context(task: TaskContext) -> dict[str, object]:
+    """The ``extra=`` of a log line about ``task`` (see ``atf_es.logs``)."""
+    return {
+        "task_id": task.task_id,
+        "lambda": task.lambda_name,
+        "lease": task.lease,
+        "attempt": task.attempt,
+    }
 
 
 def _check_heartbeat_policy(policy: LambdaPolicy) -> None:

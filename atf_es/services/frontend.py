@@ -97,8 +97,11 @@ from atf_es.events.policy import COLLECTION_NAME, DEFAULT_COLLECTION, LAMBDA_NAM
 from atf_es.events.records import EVENT_DETAIL_FIELDS, EVENT_KINDS
 from atf_es.events.replies import Reply, ReplyCode
 from atf_es.history import Recorded, partition_of, read_task_events
+from atf_es.services import auth
 from atf_es.services.admin import AdminService
+from atf_es.services.auth import OPEN, ServerSecurity
 from atf_es.services.control import ControlView
+from atf_es.services.frontend_metrics import counted
 from atf_es.services.gateway import (
     CommandGateway,
     CommandRejectedError,
@@ -158,6 +161,7 @@ def task_to_proto(task: Task, *, include_payload: bool = False) -> common_pb2.Ta
         "last_error": task.last_error,
         "result": task.result,
         "idempotency_key": task.idempotency_key,
+        "scheduled_by": task.scheduled_by,
     }
     for name, value in optional.items():
         if value is not None:
@@ -380,6 +384,7 @@ class FrontendService(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
             spec.payload,
             run_at,
             key,
+            scheduled_by=auth.scheduler(),
         )
         return _Planned(command, key is not None or spec.HasField("task_id"), policy)
 
@@ -430,6 +435,7 @@ class FrontendService(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
 
     # -- RPCs ------------------------------------------------------------
 
+    @counted("Schedule")
     def Schedule(
         self, request: frontend_pb2.ScheduleRequest, context: grpc.ServicerContext
     ) -> frontend_pb2.ScheduleResponse:
@@ -454,6 +460,7 @@ class FrontendService(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
             response.task.CopyFrom(task_to_proto(reply.task))
         return response
 
+    @counted("ScheduleBatch")
     def ScheduleBatch(
         self, request: frontend_pb2.ScheduleBatchRequest, context: grpc.ServicerContext
     ) -> frontend_pb2.ScheduleBatchResponse:
@@ -534,6 +541,7 @@ class FrontendService(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
         reply = self._send(QueryTask(_new_id(), request.task_id), context)
         if not reply.accepted or reply.task is None:
             _refuse(context, _status_of(reply.code), reply.code, reply.message)
+        auth.require_lambda(context, reply.task.lambda_name, "read")
         info = task_to_proto(reply.task, include_payload=request.include_payload)
         if reply.task.status in _GATEABLE:
             with self.control_lock:
@@ -557,6 +565,7 @@ class FrontendService(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
                 "or its events are past the audit window",
             )
         task = recorded[-1].task
+        auth.require_lambda(context, task.lambda_name, "read")
         return frontend_pb2.GetTaskResponse(
             task=task_to_proto(task, include_payload=request.include_payload)
         )
@@ -592,7 +601,12 @@ class FrontendService(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
                 f"requested_by must be at most {MAX_ID_LENGTH} characters, "
                 f"got {len(request.requested_by)}",
             )
-        requested_by = request.requested_by or "frontend"
+        requested_by = auth.acting_as(request.requested_by or "frontend")
+        principal = auth.current_principal()
+        if principal is not None and not principal.admin:
+            found = self._send(QueryTask(_new_id(), request.task_id), context)
+            if found.task is not None:
+                auth.require_owner(context, found.task.scheduled_by, found.task.lambda_name)
         reply = self._send(
             CancelTask(_new_id(), request.task_id, requested_by, request.reason), context
         )
@@ -618,8 +632,10 @@ class FrontendService(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
                 f"no history for task {request.task_id!r}: never scheduled, or its "
                 "events are past the audit window",
             )
+        auth.require_lambda(context, recorded[-1].task.lambda_name, "read")
         return frontend_pb2.HistoryResponse(entries=history_to_proto(recorded))
 
+    @counted("ScheduleChain")
     def ScheduleChain(
         self, request: frontend_pb2.ScheduleChainRequest, context: grpc.ServicerContext
     ) -> frontend_pb2.ScheduleChainResponse:
@@ -642,6 +658,7 @@ class FrontendService(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
             run_at,
             None,
             ChainLink(chain, root.name),
+            scheduled_by=auth.scheduler(),
         )
         (outcome,) = self._schedule_all([_Planned(command, True, policy)], timeout)
         if isinstance(outcome, GatewayError):
@@ -733,6 +750,8 @@ class FrontendService(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
                 f"{root_id!r} is past its retention",
             )
         chain = reply.task.chain.chain
+        for node in chain.nodes:
+            auth.require_lambda(context, node.lambda_name, "read")
         tasks: dict[str, Task | None] = {root_id: reply.task}
         others = chain.nodes[1:]
         try:
@@ -796,6 +815,17 @@ class FrontendService(frontend_pb2_grpc.FrontendServicer):  # type: ignore[misc]
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"task_id must be at most {MAX_ID_LENGTH} characters, got {len(request.task_id)}",
             )
+        principal = auth.current_principal()
+        if principal is not None and not principal.admin and principal.lambdas is not None:
+            if not request.lambdas:
+                abort(
+                    context,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"{principal.name!r} may watch only its lambdas "
+                    f"({principal.granted()}): name them in the lambdas filter",
+                )
+            for lambda_name in request.lambdas:
+                auth.require_lambda(context, lambda_name, "watch")
         if request.from_start and request.HasField("from_ms"):
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, "give from_start or from_ms, not both")
         start: Start = "latest"
@@ -907,9 +937,15 @@ def _require_task_id(context: grpc.ServicerContext, task_id: str) -> None:
         )
 
 
-def frontend_server(gateway: CommandGateway, control: ControlView, address: str) -> GrpcServer:
+def frontend_server(
+    gateway: CommandGateway,
+    control: ControlView,
+    address: str,
+    *,
+    security: ServerSecurity = OPEN,
+) -> GrpcServer:
     """The Frontend and ``atf.v1.Admin`` on ``address`` (``host:0`` picks a port),
-    with health and reflection."""
+    with health and reflection; ``security``: TLS and access control."""
     service = FrontendService(gateway, control)
     admin = AdminService(control, service.control_lock, gateway=gateway)
     return GrpcServer(
@@ -924,6 +960,7 @@ def frontend_server(gateway: CommandGateway, control: ControlView, address: str)
             admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
         ],
         on_stop=[admin.close],
+        security=security,
     )
 
 

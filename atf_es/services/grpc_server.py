@@ -24,6 +24,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from atf_es.metrics import GrpcMetrics
+from atf_es.services.auth import OPEN, ServerSecurity
+
 log = logging.getLogger(__name__)
 
 Registration = Callable[[grpc.Server], None]
@@ -156,9 +159,12 @@ class GrpcServer:
         *,
         max_workers: int = 32,
         on_stop: Sequence[Callable[[], None]] = (),
+        security: ServerSecurity = OPEN,
     ) -> None:
-        """``on_stop``: what to close once the server has stopped (its services' clients)."""
+        """``on_stop``: what to close once the server has stopped (its services' clients);
+        ``security``: TLS and access control (:mod:`atf_es.services.auth`)."""
         self.name = name
+        self.security = security
         self._on_stop = tuple(on_stop)
         self.address = address
         self._registrations = registrations
@@ -173,7 +179,11 @@ class GrpcServer:
             return
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self._max_workers),
-            interceptors=[_MalformedRequests()],
+            interceptors=[
+                GrpcMetrics(self.name),
+                *self.security.interceptors(),
+                _MalformedRequests(),
+            ],
             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
         )
         for register in self._registrations:
@@ -182,7 +192,11 @@ class GrpcServer:
         reflection.enable_server_reflection(
             (*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        port = server.add_insecure_port(self.address)
+        port = (
+            server.add_secure_port(self.address, self.security.server_credentials())
+            if self.security.tls
+            else server.add_insecure_port(self.address)
+        )
         if port == 0:
             raise OSError(f"{self.name}: cannot listen on {self.address}")
         server.start()
@@ -190,7 +204,13 @@ class GrpcServer:
         self._server = server
         for service in ("", *self._service_names):
             self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        log.info("%s serving on port %d", self.name, port)
+        log.info(
+            "%s serving on port %d%s%s",
+            self.name,
+            port,
+            " with TLS" if self.security.tls else "",
+            " with access control" if self.security.authenticator is not None else "",
+        )
 
     def stop(self, grace: float = 2.0) -> None:
         """Stop serving; in-flight calls get ``grace`` seconds. Safe unstarted and twice."""

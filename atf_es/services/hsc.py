@@ -18,14 +18,17 @@ command too large for Kafka is ``INVALID_ARGUMENT`` too (per result in
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import NoReturn
 
 import grpc
 
+from atf_es import metrics
 from atf_es._proto.atf.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from atf_es.events import ClaimTask, Command, Heartbeat, Outcome, SetResult
 from atf_es.events.replies import Reply, ReplyCode
+from atf_es.services.auth import OPEN, ServerSecurity
 from atf_es.services.gateway import (
     CommandGateway,
     CommandRejectedError,
@@ -33,6 +36,8 @@ from atf_es.services.gateway import (
     KafkaUnavailableError,
 )
 from atf_es.services.grpc_server import GrpcServer, abort, shorten
+
+log = logging.getLogger(__name__)
 
 REPLY_CODE_KEY = "atf-reply-code"
 MAX_TASK_ID_CHARS = 200
@@ -103,7 +108,16 @@ class HeartbeatStatusService(worker_pb2_grpc.HeartbeatStatusServicer):  # type: 
         assert isinstance(reply, Reply)
         return reply
 
-    def _refuse(self, reply: Reply, context: grpc.ServicerContext) -> NoReturn:
+    def _refuse(self, call: str, reply: Reply, context: grpc.ServicerContext) -> NoReturn:
+        metrics.HSC_REFUSALS.labels(call, reply.code.value).inc()
+        log.debug(
+            "%s of task %.200s refused: %s (%s)",
+            call,
+            reply.task_id,
+            reply.code.value,
+            reply.message,
+            extra={"task_id": reply.task_id[:200], "status": reply.code.value},
+        )
         context.set_trailing_metadata(((REPLY_CODE_KEY, reply.code.name),))
         abort(context, _STATUS.get(reply.code, grpc.StatusCode.UNKNOWN), reply.message)
 
@@ -116,7 +130,7 @@ class HeartbeatStatusService(worker_pb2_grpc.HeartbeatStatusServicer):  # type: 
             ClaimTask(_new_id(), request.task_id, request.lease, request.worker), context
         )
         if not reply.accepted:
-            self._refuse(reply, context)
+            self._refuse("claim", reply, context)
         return worker_pb2.ClaimTaskResponse(reply=reply_to_proto(reply))
 
     def Heartbeat(
@@ -128,7 +142,7 @@ class HeartbeatStatusService(worker_pb2_grpc.HeartbeatStatusServicer):  # type: 
             Heartbeat(_new_id(), request.task_id, request.lease, request.worker), context
         )
         if not reply.accepted:
-            self._refuse(reply, context)
+            self._refuse("heartbeat", reply, context)
         return worker_pb2.HeartbeatResponse(reply=reply_to_proto(reply))
 
     def SetResults(
@@ -214,11 +228,14 @@ def _require_lease(context: grpc.ServicerContext, lease: int, name: str = "lease
         )
 
 
-def hsc_server(gateway: CommandGateway, address: str) -> GrpcServer:
+def hsc_server(
+    gateway: CommandGateway, address: str, *, security: ServerSecurity = OPEN
+) -> GrpcServer:
     service = HeartbeatStatusService(gateway)
     return GrpcServer(
         "hsc",
         address,
         [lambda server: worker_pb2_grpc.add_HeartbeatStatusServicer_to_server(service, server)],
         [worker_pb2.DESCRIPTOR.services_by_name["HeartbeatStatus"].full_name],
+        security=security,
     )

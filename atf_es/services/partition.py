@@ -74,7 +74,7 @@ from atf_es.events.periodic import (
     occurrence_task_id,
     schedule_partition,
 )
-from atf_es.events.records import CommandEnvelope
+from atf_es.events.records import CommandEnvelope, task_id_of_key
 from atf_es.events.replies import PoisonRecord, Reply, ReplyCode
 from atf_es.projections.store import TaskStore
 from atf_es.topics import Topics
@@ -91,6 +91,13 @@ SCHEDULE_HEADROOM = 64 * 1_024
 MAX_REASON_CHARS = 2_000
 MAX_POISON_KEY_BYTES = 1_024
 _PARTITION_NUMBER = re.compile(r"[0-9]{1,9}")
+_NOTABLE = frozenset(
+    {TaskStatus.RETRIABLE_FAILURE, TaskStatus.DEAD_LETTERED, TaskStatus.FATAL_FAILURE}
+)
+"""Statuses whose entry is logged with the task id (see ``Batch.notable``)."""
+_RUNNING = frozenset({TaskStatus.CLAIMED, TaskStatus.PROCESSING})
+_WAITING = frozenset({TaskStatus.ENQUEUED, TaskStatus.NEW})
+"""A running task back in one of these timed out (or a gate held it): logged too."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +154,12 @@ class Batch:
     occurrences: int = 0
     """Tasks scheduled by periodic schedules."""
     enqueued: dict[tuple[str, int], int] = field(default_factory=dict)
+    transitions: list[tuple[str, TaskStatus]] = field(default_factory=list)
+    """(lambda, status entered) of every status change the batch records: its
+    metrics, counted once it commits."""
+    notable: list[tuple[Task | None, Task]] = field(default_factory=list)
+    """(before, after) of the changes worth a log line once committed: retries,
+    dead letters, fatal failures, timed-out claims and heartbeats."""
 
     @property
     def empty(self) -> bool:
@@ -224,6 +237,8 @@ class _Mark:
     poison: int
     journal: int
     enqueued: dict[tuple[str, int], int]
+    transitions: int
+    notable: int
 
     @classmethod
     def of(cls, batch: Batch) -> _Mark:
@@ -234,6 +249,8 @@ class _Mark:
             len(batch.poison),
             len(batch.journal),
             dict(batch.enqueued),
+            len(batch.transitions),
+            len(batch.notable),
         )
 
     def added(self, batch: Batch) -> list[Outgoing]:
@@ -248,6 +265,8 @@ class _Mark:
         del batch.work[self.work :]
         del batch.replies[self.replies :]
         del batch.poison[self.poison :]
+        del batch.transitions[self.transitions :]
+        del batch.notable[self.notable :]
         for task_id, before in reversed(batch.journal[self.journal :]):
             if before is None:
                 batch.tasks.pop(task_id, None)
@@ -473,6 +492,15 @@ class PartitionCore:
     def _set_aside(self, batch: Batch, record: RawCommand, reason: str) -> None:
         reason = _cut(reason, MAX_REASON_CHARS)
         key, value = record.key, record.value or b""
+        task_id = task_id_of_key(key[:MAX_POISON_KEY_BYTES] if key else None)
+        log.warning(
+            "partition %d: command at offset %d (task %.200r) set aside as poison: %.300s",
+            self.partition,
+            record.offset,
+            task_id,
+            reason,
+            extra={"task_id": task_id, "partition": self.partition, "offset": record.offset},
+        )
         poison = PoisonRecord(
             source_topic=self.topics.commands,
             partition=self.partition,
@@ -719,6 +747,12 @@ class PartitionCore:
             if before is not None and before.status is TaskStatus.ENQUEUED:
                 pair = (before.lambda_name, before.priority)
                 batch.enqueued[pair] = batch.enqueued.get(pair, 0) - 1
+            if before is None or before.status is not task.status:
+                batch.transitions.append((task.lambda_name, task.status))
+                if task.status in _NOTABLE or (
+                    before is not None and before.status in _RUNNING and task.status in _WAITING
+                ):
+                    batch.notable.append((before, task))
         if task is not None:
             batch.journal.append((task.task_id, batch.tasks.get(task.task_id)))
             batch.tasks[task.task_id] = task
@@ -755,9 +789,19 @@ class PartitionCore:
             }
             if not ready(node, chain, parents):
                 continue
-            self._schedule_node(batch, chain, node, max(0, start + node.delay_ms))
+            self._schedule_node(
+                batch, chain, node, max(0, start + node.delay_ms), task.scheduled_by
+            )
 
-    def _schedule_node(self, batch: Batch, chain: Chain, node: ChainNode, run_at: int) -> None:
+    def _schedule_node(
+        self,
+        batch: Batch,
+        chain: Chain,
+        node: ChainNode,
+        run_at: int,
+        scheduled_by: str | None,
+    ) -> None:
+        """Schedule one node; it belongs to whoever scheduled the chain."""
         policy = self.policies(node.lambda_name)
         command = ScheduleTask(
             command_id=node.task_id,
@@ -768,6 +812,7 @@ class PartitionCore:
             payload=node.payload,
             run_at=run_at,
             chain=ChainLink(chain, node.name),
+            scheduled_by=scheduled_by,
         )
         decision = decide(None, command, batch.now, policy, None)
         if isinstance(decision, Rejected):

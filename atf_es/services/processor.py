@@ -36,17 +36,17 @@ import os
 import socket
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from atf_es import kafka_clients
+from atf_es import kafka_clients, metrics
 from atf_es.clock import now_ms
 from atf_es.config import Settings
-from atf_es.events import Gate, LambdaPolicy, Task
+from atf_es.events import Gate, LambdaPolicy, Task, TaskStatus
 from atf_es.events.codec import DecodeError, decode_event
 from atf_es.events.periodic import PeriodicSchedule
 from atf_es.events.records import task_id_of_key
@@ -69,6 +69,8 @@ RESTORE_CHUNK = 5_000
 DEFAULT_MESSAGE_MAX_BYTES = 1_000_000
 """librdkafka's default ``message.max.bytes``."""
 REPLY_METADATA_REFRESH_S = 1.0
+STATE_REFRESH_S = 1.0
+"""How often the processor thread recomputes its gauges (queue depths, lag)."""
 _FENCED = frozenset(
     {
         KafkaError._FENCED,
@@ -182,6 +184,18 @@ class Processor:
         """Why the processor stopped on its own, when ``failed``."""
         self.ready = threading.Event()
         """Set once the processor has joined the group and owns its first partitions."""
+        self._state: metrics.StateSnapshot = {}
+        """The gauges as of the last refresh; replaced whole, read by scrapes."""
+        self._state_at = -STATE_REFRESH_S
+        self._restored: dict[int, tuple[int, int]] = {}
+        """Per partition: (offsets replayed, offsets to replay) of its last restore."""
+        self._unregister: Callable[[], None] | None = None
+        self._transitions = metrics.Children(metrics.PROCESSOR_TRANSITIONS)
+        self._dead_lettered = metrics.Children(metrics.PROCESSOR_DEAD_LETTERED)
+        self._committed = metrics.PROCESSOR_TRANSACTIONS.labels("committed")
+        self._batch_commands = metrics.PROCESSOR_BATCH_SIZE.labels("commands")
+        self._batch_events = metrics.PROCESSOR_BATCH_SIZE.labels("events")
+        self._batch_work = metrics.PROCESSOR_BATCH_SIZE.labels("work")
 
     # -- lifecycle -------------------------------------------------------
 
@@ -212,6 +226,8 @@ class Processor:
             self._thread.join(timeout)
 
     def run(self) -> None:
+        if self._unregister is None:
+            self._unregister = metrics.add_source(self._gauges)
         self._control = ControlView(self.settings, self.bootstrap)
         self._control.catch_up()
         self._consumer = kafka_clients.consumer(
@@ -258,6 +274,9 @@ class Processor:
         if self._control is not None:
             self._control.close()
             self._control = None
+        if self._unregister is not None:
+            self._unregister()
+            self._unregister = None
         log.info("processor %s stopped", self.instance_id)
 
     # -- ownership -------------------------------------------------------
@@ -365,7 +384,11 @@ class Processor:
             store,
             stop=self._stop,
             stable_wait=self.stable_wait,
+            progress=lambda done, total: self._restored.__setitem__(partition, (done, total)),
         )
+        metrics.PROCESSOR_RESTORED_EVENTS.inc(result.events)
+        if result.unreadable:
+            metrics.PROCESSOR_BAD_EVENTS.inc(result.unreadable)
         self.stats.restored_events += result.events
         self.stats.restored_tombstones += result.tombstones
         self.stats.bad_event_records += result.unreadable
@@ -460,6 +483,8 @@ class Processor:
             if batch.empty:
                 continue
             self._commit(owned, batch, records[0].offset if records else None)
+        if time.monotonic() - self._state_at >= STATE_REFRESH_S:
+            self._refresh_state()
 
     def _too_soon(self, owned: _Owned, records: int) -> bool:
         """Whether commands for ``owned`` should wait to share a later transaction."""
@@ -500,6 +525,7 @@ class Processor:
             if error is None and message.topic() == events_topic:
                 last_event = max(last_event, _offset(message))
 
+        started = time.perf_counter()
         try:
             producer.begin_transaction()
             for out in batch.transactional():
@@ -526,6 +552,7 @@ class Processor:
         except KafkaException as exc:
             self._failed(owned, batch, first_offset, exc)
             return
+        seconds = time.perf_counter() - started
         owned.committed_at = time.monotonic()
         self._send_replies(batch)
         owned.store.commit(
@@ -542,6 +569,87 @@ class Processor:
         stats.work += len(batch.work)
         stats.replies += len(batch.replies)
         stats.poison += len(batch.poison)
+        self._observe(batch, seconds)
+
+    def _observe(self, batch: Batch, seconds: float) -> None:
+        """The metrics of a committed batch: a few updates per batch, none per record."""
+        metrics.PROCESSOR_TRANSACTION_SECONDS.observe(seconds)
+        self._committed.inc()
+        self._batch_commands.observe(batch.commands)
+        self._batch_events.observe(len(batch.events))
+        self._batch_work.observe(len(batch.work))
+        if batch.commands:
+            metrics.PROCESSOR_COMMANDS.inc(batch.commands)
+        if batch.poison:
+            metrics.PROCESSOR_POISON.inc(len(batch.poison))
+        if batch.transitions:
+            for (lambda_name, status), n in Counter(batch.transitions).items():
+                self._transitions(lambda_name, status.value).inc(n)
+                if status is TaskStatus.DEAD_LETTERED:
+                    self._dead_lettered(lambda_name).inc(n)
+        for before, task in batch.notable:
+            _log_transition(batch.partition, before, task)
+
+    def _refresh_state(self) -> None:
+        """Recompute the gauges from the owned projections' counters (processor thread)."""
+        self._state_at = time.monotonic()
+        tasks: dict[metrics.Labels, float] = {}
+        enqueued: dict[metrics.Labels, float] = {}
+        credit: dict[metrics.Labels, float] = {}
+        waiting: dict[metrics.Labels, float] = {}
+        lag: dict[metrics.Labels, float] = {}
+        consumer = self._consumer
+        positions: dict[int, int] = {}
+        if consumer is not None and self._owned:
+            try:
+                for tp in consumer.position(
+                    [TopicPartition(self.topics.commands, p) for p in self._owned]
+                ):
+                    positions[tp.partition] = tp.offset
+            except KafkaException as exc:
+                log.debug("reading the consumer's positions: %s", exc)
+        queues: set[tuple[str, int]] = set()
+        for owned in self._owned.values():
+            for (lambda_name, _, priority, status), n in owned.store.counts().items():
+                key = (lambda_name, status)
+                tasks[key] = tasks.get(key, 0) + n
+                queues.add((lambda_name, priority))
+            for (lambda_name, _, priority), n in owned.store.waiting().items():
+                key = (lambda_name, str(priority))
+                waiting[key] = waiting.get(key, 0) + n
+                queues.add((lambda_name, priority))
+        for partition, owned in self._owned.items():
+            # Every partition has its own share of max_enqueued for every queue.
+            for lambda_name, priority in queues:
+                used = owned.store.enqueued(lambda_name, priority)
+                key = (lambda_name, str(priority))
+                enqueued[key] = enqueued.get(key, 0) + used
+                credit[key] = credit.get(key, 0) + max(0, self.limits.max_enqueued - used)
+            if consumer is not None:
+                tp = TopicPartition(self.topics.commands, partition)
+                _, high = consumer.get_watermark_offsets(tp, cached=True)
+                position = positions.get(partition, -1)
+                if position < 0:
+                    position = owned.next_offset
+                if high >= 0 and position >= 0:
+                    lag[(str(partition),)] = max(0, high - position)
+        self._state = {
+            "atf_processor_tasks": tasks,
+            "atf_processor_enqueued": enqueued,
+            "atf_processor_enqueue_credit": credit,
+            "atf_processor_waiting": waiting,
+            "atf_processor_consumer_lag": lag,
+            "atf_processor_owned_partitions": {(): len(self._owned)},
+        }
+
+    def _gauges(self) -> metrics.StateSnapshot:
+        """What a scrape reports (scrape thread): the last refresh and restore progress."""
+        restored = dict(self._restored)
+        return {
+            **self._state,
+            "atf_processor_restore_replayed": {(str(p),): d for p, (d, _) in restored.items()},
+            "atf_processor_restore_total": {(str(p),): t for p, (_, t) in restored.items()},
+        }
 
     def _send_replies(self, batch: Batch) -> None:
         """Answer the askers of a committed batch.
@@ -557,6 +665,7 @@ class Processor:
         def delivered(error: KafkaError | None, message: Message) -> None:
             if error is not None:
                 self.stats.replies_undelivered += 1
+                metrics.PROCESSOR_REPLIES_UNDELIVERED.inc()
                 log.warning("reply to %s[%s]: %s", message.topic(), message.partition(), error)
 
         for out in batch.replies:
@@ -570,11 +679,13 @@ class Processor:
                 except BufferError:
                     if attempt:
                         self.stats.replies_undelivered += 1
+                        metrics.PROCESSOR_REPLIES_UNDELIVERED.inc()
                         log.warning("reply to %s dropped: the producer queue is full", out.topic)
                     else:
                         replier.poll(1.0)  # let the local queue drain once
                 except KafkaException as exc:
                     self.stats.replies_undelivered += 1
+                    metrics.PROCESSOR_REPLIES_UNDELIVERED.inc()
                     log.warning("reply to %s[%s]: %s", out.topic, out.partition, exc)
                     break
         replier.poll(0)
@@ -586,6 +697,7 @@ class Processor:
         if error is not None and (error.fatal() or error.code() in _FENCED):
             # Someone else owns this partition now. Let go of it without writing.
             self.stats.fenced += 1
+            metrics.PROCESSOR_TRANSACTIONS.labels("fenced").inc()
             log.error("partition %d: fenced (%s); releasing it", batch.partition, error)
             self._owned.pop(batch.partition, None)
             self.stats.owned = sorted(self._owned)
@@ -594,6 +706,7 @@ class Processor:
                 self._consumer.pause([TopicPartition(self.topics.commands, batch.partition)])
             return
         self.stats.aborted += 1
+        metrics.PROCESSOR_TRANSACTIONS.labels("aborted").inc()
         log.warning("partition %d: transaction failed (%s); retrying", batch.partition, exc)
         try:
             owned.producer.abort_transaction(TXN_TIMEOUT_S)
@@ -603,6 +716,59 @@ class Processor:
             return
         if first_offset is not None and self._consumer is not None:
             self._consumer.seek(TopicPartition(self.topics.commands, batch.partition, first_offset))
+
+
+def _log_transition(partition: int, before: Task | None, task: Task) -> None:
+    """The log line of a notable committed transition, with the task id as context."""
+    context = {
+        "task_id": task.task_id,
+        "lambda": task.lambda_name,
+        "partition": partition,
+        "status": task.status.value,
+        "attempt": task.attempts,
+        "lease": task.lease,
+    }
+    error = (task.last_error or "")[:500]
+    if task.status is TaskStatus.DEAD_LETTERED:
+        log.warning(
+            "task %s (%s) dead-lettered after %d attempts: %s",
+            task.task_id,
+            task.lambda_name,
+            task.attempts,
+            error,
+            extra=context,
+        )
+    elif task.status is TaskStatus.RETRIABLE_FAILURE:
+        log.info(
+            "task %s (%s) failed on attempt %d; retry due at %s: %s",
+            task.task_id,
+            task.lambda_name,
+            task.attempts,
+            task.next_trigger_at,
+            error,
+            extra=context | {"retry_at": task.next_trigger_at},
+        )
+    elif task.status is TaskStatus.FATAL_FAILURE:
+        log.info(
+            "task %s (%s) failed fatally on attempt %d: %s",
+            task.task_id,
+            task.lambda_name,
+            task.attempts,
+            error,
+            extra=context,
+        )
+    elif before is not None:
+        log.warning(
+            "task %s (%s) was %s (lease %d) and is %s again: its %s timed out%s",
+            task.task_id,
+            task.lambda_name,
+            before.status.value,
+            before.lease,
+            task.status.value,
+            "claim" if before.status is TaskStatus.CLAIMED else "heartbeat",
+            " (or a gate holds it)" if task.status is TaskStatus.NEW else "",
+            extra=context,
+        )
 
 
 def record_limit(settings: Settings) -> int:
@@ -707,6 +873,7 @@ def restore_partition(
     *,
     stop: threading.Event | None = None,
     stable_wait: float = STABLE_WAIT_S,
+    progress: Callable[[int, int], None] | None = None,
 ) -> RestoreResult:
     """Bring ``store`` up to the end of its event-log partition, as it is now.
 
@@ -714,7 +881,8 @@ def restore_partition(
     task's retention ran out) deletes its task's row; a task scheduled again
     under the same id after it is a new task. Raises ``UnstableLogError`` when
     an open transaction keeps hiding part of the partition for
-    ``stable_wait`` seconds.
+    ``stable_wait`` seconds. ``progress(done, total)``, if given, hears how
+    many offsets of the log have been replayed so far, of how many.
     """
     source = TopicPartition(Topics(settings.topic_prefix).task_events, partition)
     reader = kafka_clients.consumer(bootstrap, kafka_config=settings.kafka_config)
@@ -722,6 +890,8 @@ def restore_partition(
         low, high = _stable_end(reader, settings, bootstrap, source, wait=stable_wait, stop=stop)
         start = max(store.last_offset() + 1, low)
         if start >= high:
+            if progress is not None:
+                progress(0, 0)
             return RestoreResult(0, 0)
         reader.assign([TopicPartition(source.topic, partition, start)])
         pending: dict[str, Task] = {}
@@ -733,7 +903,9 @@ def restore_partition(
         # Done when the position reaches the end, not when a record at the end
         # arrives: a transactional log ends in a commit marker, which no
         # consumer ever receives.
-        while reader.position([source])[0].offset < high:
+        while (position := reader.position([source])[0].offset) < high:
+            if progress is not None:
+                progress(max(0, position - start), high - start)
             for message in kafka_clients.consume(reader, RESTORE_CHUNK, 0.1):
                 if message.error() is not None:
                     continue
@@ -774,6 +946,8 @@ def restore_partition(
             if stop is not None and stop.is_set():
                 break
         store.commit(pending.values(), last, replace_equal=True, deleted=deleted)
+        if progress is not None:
+            progress(high - start, high - start)
         return RestoreResult(applied, unreadable, tombstones)
     finally:
         reader.close()

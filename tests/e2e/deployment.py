@@ -34,6 +34,28 @@ TASK_TIMEOUT = 60.0
 EXECUTOR_THREADS = {"work": 2}
 
 _PORT = re.compile(r"on port (\d+)")
+_METRICS = re.compile(r"^metrics: (http://\S+/metrics)$", re.MULTILINE)
+
+SERVICE_COMMANDS: dict[str, tuple[str, ...]] = {
+    "topics": ("topics",),
+    "define": ("define", "{app}"),
+    "processor": ("processor", "--instance-id", "{instance_id}"),
+    "hsc": ("hsc", "--listen", "{listen}"),
+    "frontend": ("frontend", "--listen", "{listen}"),
+    "controller": ("controller", "{app}", "--hsc", "{hsc}", "--listen", "{listen}"),
+    "executor": (
+        "executor", "{app}", "{lambda_name}", "--threads", "{threads}",
+        "--controller", "{controller}", "--hsc", "{hsc}",
+    ),
+    "dashboard": ("dashboard", "--frontend", "{frontend}", "--listen", "{listen}"),
+}  # fmt: skip
+"""The ``atf-es`` command of each kind of service, with its values as placeholders.
+docker-compose.yml runs the same commands (tests/unit/test_compose.py checks)."""
+
+
+def command(kind: str, **values: str) -> list[str]:
+    """The command of a ``kind`` of service with ``values`` filled in."""
+    return [part.format(**values) for part in SERVICE_COMMANDS[kind]]
 
 
 def _env(ledger: Path) -> dict[str, str]:
@@ -42,6 +64,9 @@ def _env(ledger: Path) -> dict[str, str]:
         ATF_FRONTEND_ADDRESS="127.0.0.1:0",
         ATF_HSC_ADDRESS="127.0.0.1:0",
         ATF_CONTROLLER_ADDRESS="127.0.0.1:0",
+        # Every service serves /metrics on a free port and prints its URL
+        # (the environment, so the commands stay those docker-compose.yml runs).
+        ATF_METRICS_ADDRESS="127.0.0.1:0",
         ATF_SESSION_TIMEOUT_MS="6000",
         ATFTEST_LEDGER=str(ledger),
         PYTHONPATH=os.pathsep.join(
@@ -82,6 +107,10 @@ class Service:
     def port(self) -> int:
         return int(self.wait_line(_PORT, "its port line").group(1))
 
+    def metrics_url(self) -> str:
+        """Where this service serves /metrics (its ``metrics: URL`` line)."""
+        return self.wait_line(_METRICS, "its metrics line").group(1)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
@@ -117,20 +146,35 @@ class Deployment:
         self.services.append(service)
         return service
 
+    def run(self, name: str, *args: str) -> None:
+        """Run a one-shot command to its end; fail with its output if it fails."""
+        done = subprocess.run(
+            [sys.executable, "-m", "atf_es", *args, *self.base],
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT,
+            check=False,
+        )
+        assert done.returncode == 0, (
+            f"{name} exited with {done.returncode}:\n{done.stdout}{done.stderr}"
+        )
+
     def launch_executor(self, lambda_name: str) -> Service:
         """Start an executor for ``lambda_name``; ``ready`` waits for it."""
         threads = EXECUTOR_THREADS.get(lambda_name, 1)
         executor = self.start(
             f"executor-{lambda_name}",
-            "executor",
-            APP,
-            lambda_name,
-            "--threads",
-            str(threads),
-            "--controller",
-            self.controller,
-            "--hsc",
-            self.hsc,
+            *command(
+                "executor",
+                app=APP,
+                lambda_name=lambda_name,
+                threads=str(threads),
+                controller=self.controller,
+                hsc=self.hsc,
+            ),
         )
         self.executors.setdefault(lambda_name, []).append(executor)
         return executor
@@ -186,7 +230,6 @@ def read_ledger(path: Path, task_id: str) -> list[Line]:
 def deployment_of_processes(broker: str, tmp: Path) -> Iterator[Deployment]:
     """Start the whole system as separate processes; kill them all on exit."""
     from tests.e2e.ledger_app import app
-    from tests.kafka_harness import prepare
 
     settings = load_settings(
         overrides={
@@ -198,8 +241,6 @@ def deployment_of_processes(broker: str, tmp: Path) -> Iterator[Deployment]:
         },
         override_source="test fixture",
     )
-    prepare(settings)
-    app.define(settings, broker)
 
     ledger = tmp / "ledger.txt"
     logs = tmp / "logs"
@@ -216,13 +257,16 @@ def deployment_of_processes(broker: str, tmp: Path) -> Iterator[Deployment]:
     ]
     system = Deployment(settings, ledger, logs, base, _env(ledger))
     try:
-        processor = system.start("processor", "processor", "--instance-id", "e2e")
-        hsc = system.start("hsc", "hsc", "--listen", "127.0.0.1:0")
-        frontend = system.start("frontend", "frontend", "--listen", "127.0.0.1:0")
+        # The one-shot setup docker-compose.yml runs too: topics, then the lambdas.
+        for kind in ("topics", "define"):
+            system.run(kind, *command(kind, app=APP))
+        processor = system.start("processor", *command("processor", instance_id="e2e"))
+        hsc = system.start("hsc", *command("hsc", listen="127.0.0.1:0"))
+        frontend = system.start("frontend", *command("frontend", listen="127.0.0.1:0"))
         system.hsc = f"127.0.0.1:{hsc.port()}"
         system.frontend = f"127.0.0.1:{frontend.port()}"
         controller = system.start(
-            "controller", "controller", APP, "--hsc", system.hsc, "--listen", "127.0.0.1:0"
+            "controller", *command("controller", app=APP, hsc=system.hsc, listen="127.0.0.1:0")
         )
         system.controller = f"127.0.0.1:{controller.port()}"
         # Start every executor before waiting for any: they import in parallel.

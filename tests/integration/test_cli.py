@@ -28,6 +28,7 @@ _EPHEMERAL = {
     "ATF_FRONTEND_ADDRESS": "127.0.0.1:0",
     "ATF_HSC_ADDRESS": "127.0.0.1:0",
     "ATF_CONTROLLER_ADDRESS": "127.0.0.1:0",
+    "ATF_DASHBOARD_ADDRESS": "127.0.0.1:0",
 }
 
 
@@ -213,7 +214,14 @@ def test_hsc_serves_and_stops_on_sigterm(settings: Settings) -> None:
                 )
             assert status.status == health_pb2.HealthCheckResponse.SERVING
             process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=30) == 0
+            try:
+                stdout, stderr = process.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                stdout, stderr = process.communicate()
+                pytest.fail(f"the hsc did not stop within 30 s:\n{stdout}\n{stderr}")
+            assert process.returncode == 0, f"{stdout}\n{stderr}"
+            assert "SIGTERM received: stopping" in stdout
         finally:
             if process.poll() is None:
                 process.kill()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from atf_es.app import App, FatalError, RetriableError, TaskContext
 from atf_es.clock import now_ms
@@ -469,6 +470,11 @@ def test_three_failed_heartbeats_end_the_work(system: System) -> None:
         lost.append((task.task_id, time.monotonic()))
         lost_event.set()
 
+    def counted(name: str) -> float:
+        return REGISTRY.get_sample_value(name, {"lambda": "looping"}) or 0.0
+
+    failures_before = counted("atf_executor_heartbeat_failures_total")
+    ends_before = counted("atf_executor_self_terminations_total")
     executor = system.executor("looping", threads=1, on_heartbeats_lost=on_lost)
     task_id = system.schedule("looping")
     assert system.recorder.started.wait(20), "the callback did not start"
@@ -482,6 +488,9 @@ def test_three_failed_heartbeats_end_the_work(system: System) -> None:
     assert lost_task == task_id and not more
     assert executor.stats.heartbeat_failures == 3
     assert executor.stats.heartbeats_lost == 1
+    # What /metrics says about it (docs/metrics.md): the same counts.
+    assert counted("atf_executor_heartbeat_failures_total") - failures_before == 3
+    assert counted("atf_executor_self_terminations_total") - ends_before == 1
     # The invariant: the work stops before the heartbeat timeout could hand the
     # task to someone else (measured from the HSC stop, after the last good beat).
     assert (lost_at - stopped_at) * 1000 < FAST["heartbeat_timeout_ms"]

@@ -200,6 +200,7 @@ EVENTS: list[tuple[Event, Task]] = [
 COMMANDS: list[Command] = [
     ScheduleTask("c-1", "t-1", "send_email", "password_reset", 2, b"\x00payload", T0, "req-42"),
     ScheduleTask("c-2", "t-2", "send_email", "", -1, b"", T0),
+    ScheduleTask("c-3", "t-3", "send_email", "x", 0, b"", T0, scheduled_by="billing"),
     ClaimTask("c-3", "t-1", 1, "host-a/7"),
     Heartbeat("c-4", "t-1", 1, "host-a/7"),
     SetResult("c-5", "t-1", 1, "host-a/7", Outcome.SUCCESS, None, b"ok"),

@@ -153,10 +153,22 @@ tasks = st.builds(
     last_error=optional_text,
     result=optional_blob,
     idempotency_key=optional_text,
+    scheduled_by=optional_text,
 )
 
 commands: st.SearchStrategy[Command] = st.one_of(
-    st.builds(ScheduleTask, TEXT, TEXT, TEXT, TEXT, INT32, BLOB, INT64, optional_text),
+    st.builds(
+        ScheduleTask,
+        TEXT,
+        TEXT,
+        TEXT,
+        TEXT,
+        INT32,
+        BLOB,
+        INT64,
+        optional_text,
+        scheduled_by=optional_text,
+    ),
     st.builds(ClaimTask, TEXT, TEXT, INT64, TEXT),
     st.builds(Heartbeat, TEXT, TEXT, INT64, TEXT),
     st.builds(

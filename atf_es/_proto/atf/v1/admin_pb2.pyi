@@ -260,3 +260,69 @@ class RemovePeriodicResponse(_message.Message):
     REMOVED_FIELD_NUMBER: _ClassVar[int]
     removed: bool
     def __init__(self, removed: _Optional[bool] = ...) -> None: ...
+
+class OverviewRequest(_message.Message):
+    __slots__ = ("lambda_name",)
+    LAMBDA_NAME_FIELD_NUMBER: _ClassVar[int]
+    lambda_name: str
+    def __init__(self, lambda_name: _Optional[str] = ...) -> None: ...
+
+class TaskCount(_message.Message):
+    __slots__ = ("collection", "status", "count")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    status: _common_pb2.TaskStatus
+    count: int
+    def __init__(self, collection: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.TaskStatus, str]] = ..., count: _Optional[int] = ...) -> None: ...
+
+class DepthSample(_message.Message):
+    __slots__ = ("at_ms", "enqueued", "due")
+    AT_MS_FIELD_NUMBER: _ClassVar[int]
+    ENQUEUED_FIELD_NUMBER: _ClassVar[int]
+    DUE_FIELD_NUMBER: _ClassVar[int]
+    at_ms: int
+    enqueued: int
+    due: int
+    def __init__(self, at_ms: _Optional[int] = ..., enqueued: _Optional[int] = ..., due: _Optional[int] = ...) -> None: ...
+
+class LatencySample(_message.Message):
+    __slots__ = ("at_ms", "started", "p50_ms", "p95_ms", "max_ms")
+    AT_MS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    P50_MS_FIELD_NUMBER: _ClassVar[int]
+    P95_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MS_FIELD_NUMBER: _ClassVar[int]
+    at_ms: int
+    started: int
+    p50_ms: int
+    p95_ms: int
+    max_ms: int
+    def __init__(self, at_ms: _Optional[int] = ..., started: _Optional[int] = ..., p50_ms: _Optional[int] = ..., p95_ms: _Optional[int] = ..., max_ms: _Optional[int] = ...) -> None: ...
+
+class LambdaOverview(_message.Message):
+    __slots__ = ("lambda_name", "counts", "depth", "latency")
+    LAMBDA_NAME_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_FIELD_NUMBER: _ClassVar[int]
+    lambda_name: str
+    counts: _containers.RepeatedCompositeFieldContainer[TaskCount]
+    depth: _containers.RepeatedCompositeFieldContainer[DepthSample]
+    latency: _containers.RepeatedCompositeFieldContainer[LatencySample]
+    def __init__(self, lambda_name: _Optional[str] = ..., counts: _Optional[_Iterable[_Union[TaskCount, _Mapping]]] = ..., depth: _Optional[_Iterable[_Union[DepthSample, _Mapping]]] = ..., latency: _Optional[_Iterable[_Union[LatencySample, _Mapping]]] = ...) -> None: ...
+
+class OverviewResponse(_message.Message):
+    __slots__ = ("lambdas", "sample_interval_ms", "sampling_since_ms", "as_of_ms", "tasks")
+    LAMBDAS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_SINCE_MS_FIELD_NUMBER: _ClassVar[int]
+    AS_OF_MS_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    lambdas: _containers.RepeatedCompositeFieldContainer[LambdaOverview]
+    sample_interval_ms: int
+    sampling_since_ms: int
+    as_of_ms: int
+    tasks: int
+    def __init__(self, lambdas: _Optional[_Iterable[_Union[LambdaOverview, _Mapping]]] = ..., sample_interval_ms: _Optional[int] = ..., sampling_since_ms: _Optional[int] = ..., as_of_ms: _Optional[int] = ..., tasks: _Optional[int] = ...) -> None: ...

@@ -79,6 +79,11 @@ class AdminStub:
                 request_serializer=atf_dot_v1_dot_admin__pb2.RemovePeriodicRequest.SerializeToString,
                 response_deserializer=atf_dot_v1_dot_admin__pb2.RemovePeriodicResponse.FromString,
                 _registered_method=True)
+        self.Overview = channel.unary_unary(
+                '/atf.v1.Admin/Overview',
+                request_serializer=atf_dot_v1_dot_admin__pb2.OverviewRequest.SerializeToString,
+                response_deserializer=atf_dot_v1_dot_admin__pb2.OverviewResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -150,6 +155,15 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Overview(self, request, context):
+        """Per lambda: task counts by collection and status, queue depth and
+        delivery latency over the last hour. Read from the task-events topic,
+        up to its end as of the call (docs/dashboard.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -197,6 +211,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.RemovePeriodic,
                     request_deserializer=atf_dot_v1_dot_admin__pb2.RemovePeriodicRequest.FromString,
                     response_serializer=atf_dot_v1_dot_admin__pb2.RemovePeriodicResponse.SerializeToString,
+            ),
+            'Overview': grpc.unary_unary_rpc_method_handler(
+                    servicer.Overview,
+                    request_deserializer=atf_dot_v1_dot_admin__pb2.OverviewRequest.FromString,
+                    response_serializer=atf_dot_v1_dot_admin__pb2.OverviewResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -442,6 +461,33 @@ class Admin:
             '/atf.v1.Admin/RemovePeriodic',
             atf_dot_v1_dot_admin__pb2.RemovePeriodicRequest.SerializeToString,
             atf_dot_v1_dot_admin__pb2.RemovePeriodicResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Overview(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atf.v1.Admin/Overview',
+            atf_dot_v1_dot_admin__pb2.OverviewRequest.SerializeToString,
+            atf_dot_v1_dot_admin__pb2.OverviewResponse.FromString,
             options,
             channel_credentials,
             insecure,

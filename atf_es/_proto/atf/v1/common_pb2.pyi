@@ -106,7 +106,7 @@ class Cause(_message.Message):
     def __init__(self, kind: _Optional[_Union[CauseKind, str]] = ..., name: _Optional[str] = ..., command_id: _Optional[str] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
-    __slots__ = ("task_id", "lambda_name", "collection", "priority", "status", "attempts", "lease", "seq", "created_at_ms", "scheduled_at_ms", "next_trigger_at_ms", "enqueued_at_ms", "claimed_at_ms", "started_at_ms", "heartbeat_at_ms", "finished_at_ms", "worker", "last_error", "result", "idempotency_key", "payload", "held_by", "held_action", "chain_id", "chain_node", "root_task_id", "parent_task_ids")
+    __slots__ = ("task_id", "lambda_name", "collection", "priority", "status", "attempts", "lease", "seq", "created_at_ms", "scheduled_at_ms", "next_trigger_at_ms", "enqueued_at_ms", "claimed_at_ms", "started_at_ms", "heartbeat_at_ms", "finished_at_ms", "worker", "last_error", "result", "idempotency_key", "payload", "held_by", "held_action", "chain_id", "chain_node", "root_task_id", "parent_task_ids", "scheduled_by")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     LAMBDA_NAME_FIELD_NUMBER: _ClassVar[int]
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +134,7 @@ class TaskInfo(_message.Message):
     CHAIN_NODE_FIELD_NUMBER: _ClassVar[int]
     ROOT_TASK_ID_FIELD_NUMBER: _ClassVar[int]
     PARENT_TASK_IDS_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULED_BY_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     lambda_name: str
     collection: str
@@ -161,7 +162,8 @@ class TaskInfo(_message.Message):
     chain_node: str
     root_task_id: str
     parent_task_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, task_id: _Optional[str] = ..., lambda_name: _Optional[str] = ..., collection: _Optional[str] = ..., priority: _Optional[int] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., attempts: _Optional[int] = ..., lease: _Optional[int] = ..., seq: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., scheduled_at_ms: _Optional[int] = ..., next_trigger_at_ms: _Optional[int] = ..., enqueued_at_ms: _Optional[int] = ..., claimed_at_ms: _Optional[int] = ..., started_at_ms: _Optional[int] = ..., heartbeat_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., worker: _Optional[str] = ..., last_error: _Optional[str] = ..., result: _Optional[bytes] = ..., idempotency_key: _Optional[str] = ..., payload: _Optional[bytes] = ..., held_by: _Optional[str] = ..., held_action: _Optional[str] = ..., chain_id: _Optional[str] = ..., chain_node: _Optional[str] = ..., root_task_id: _Optional[str] = ..., parent_task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    scheduled_by: str
+    def __init__(self, task_id: _Optional[str] = ..., lambda_name: _Optional[str] = ..., collection: _Optional[str] = ..., priority: _Optional[int] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., attempts: _Optional[int] = ..., lease: _Optional[int] = ..., seq: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., scheduled_at_ms: _Optional[int] = ..., next_trigger_at_ms: _Optional[int] = ..., enqueued_at_ms: _Optional[int] = ..., claimed_at_ms: _Optional[int] = ..., started_at_ms: _Optional[int] = ..., heartbeat_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., worker: _Optional[str] = ..., last_error: _Optional[str] = ..., result: _Optional[bytes] = ..., idempotency_key: _Optional[str] = ..., payload: _Optional[bytes] = ..., held_by: _Optional[str] = ..., held_action: _Optional[str] = ..., chain_id: _Optional[str] = ..., chain_node: _Optional[str] = ..., root_task_id: _Optional[str] = ..., parent_task_ids: _Optional[_Iterable[str]] = ..., scheduled_by: _Optional[str] = ...) -> None: ...
 
 class HistoryEntry(_message.Message):
     __slots__ = ("seq", "kind", "at_ms", "cause", "status", "lease", "worker", "error", "deadline_ms", "retry_at_ms", "requested_by", "reason", "gate", "run_at_ms", "since_previous_ms", "root_task_id", "parent_task_ids")
