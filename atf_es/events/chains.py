@@ -24,7 +24,7 @@ function of its definition and its tasks.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
@@ -185,7 +185,7 @@ def build_chain(
     if problems:
         raise ChainError("; ".join(problems))
     ordered = _dependency_order(nodes)
-    size = sum(len(n.payload) + len(n.name) + len(n.lambda_name) + len(n.collection) for n in nodes)
+    size = chain_bytes(nodes)
     if size > MAX_CHAIN_BYTES:
         raise ChainError(
             f"the chain holds {size} bytes of payloads and names; a chain holds at most "
@@ -228,14 +228,30 @@ def _dependency_order(nodes: Sequence[NodeSpec]) -> list[NodeSpec]:
     return ordered
 
 
+class _Sized(Protocol):
+    """A node as given or as stored: what counts towards the chain's size."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def lambda_name(self) -> str: ...
+    @property
+    def collection(self) -> str: ...
+    @property
+    def payload(self) -> bytes: ...
+
+
+def chain_bytes(nodes: Iterable[_Sized]) -> int:
+    """What a chain's nodes weigh in every event that carries it: payloads and names."""
+    return sum(len(n.payload) + len(n.name) + len(n.lambda_name) + len(n.collection) for n in nodes)
+
+
 def link_problem(link: ChainLink, cmd: _Scheduling) -> str | None:
     """Why ``cmd`` (a ``ScheduleTask``) is not the task of node ``link.node``, if it is not."""
     chain = link.chain
     if not chain.nodes or len(chain.nodes) > MAX_NODES:
         return f"a chain has 1-{MAX_NODES} nodes, got {len(chain.nodes)}"
-    size = sum(
-        len(n.payload) + len(n.name) + len(n.lambda_name) + len(n.collection) for n in chain.nodes
-    )
+    size = chain_bytes(chain.nodes)
     if size > MAX_CHAIN_BYTES:
         return f"the chain holds {size} bytes of payloads and names; at most {MAX_CHAIN_BYTES}"
     earlier: set[str] = set()
@@ -415,6 +431,7 @@ __all__ = [
     "NodeStatus",
     "OnFailure",
     "build_chain",
+    "chain_bytes",
     "chain_status",
     "chain_task_ids",
     "check_placement",

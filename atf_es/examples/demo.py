@@ -15,6 +15,8 @@ app = App("demo")
 
 # Short timeouts so a demo shows retries, dead letters and lost executors
 # within seconds: 3 x 500 ms + 1000 ms margin stays below the 3000 ms timeout.
+# The enqueue timeout stays above the default priority_aging_ms (60 s), or
+# every Controller warns at start that aging cannot help a starved item.
 FAST = {
     "heartbeat_interval_ms": 500,
     "heartbeat_timeout_ms": 3_000,
@@ -22,7 +24,7 @@ FAST = {
     "backoff_base_ms": 200,
     "backoff_max_ms": 2_000,
     "claim_timeout_ms": 5_000,
-    "enqueue_timeout_ms": 30_000,
+    "enqueue_timeout_ms": 90_000,
 }
 
 

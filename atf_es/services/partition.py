@@ -90,6 +90,8 @@ SCHEDULE_HEADROOM = 64 * 1_024
 """Bytes a ``ScheduleTask``'s records must leave free below ``max_record_bytes``."""
 MAX_REASON_CHARS = 2_000
 MAX_POISON_KEY_BYTES = 1_024
+_NEVER = 2**63 - 1
+"""A wake-up time no poll reaches: the schedule has ended."""
 _PARTITION_NUMBER = re.compile(r"[0-9]{1,9}")
 _NOTABLE = frozenset(
     {TaskStatus.RETRIABLE_FAILURE, TaskStatus.DEAD_LETTERED, TaskStatus.FATAL_FAILURE}
@@ -338,6 +340,9 @@ class PartitionCore:
         """Per (schedule, defined_at): an occurrence every earlier one of which was
         fired or skipped. Skipping is final (a late occurrence stays late), so
         this survives a failed batch; fired ones are read from the store."""
+        self._wake: dict[tuple[str, int], int] = {}
+        """Per (schedule, defined_at): nothing is due before this time (set only
+        by a poll that fired nothing, so no uncommitted occurrence relies on it)."""
         self._refused: set[tuple[str, int]] = set()
         """Schedules (as defined) whose occurrences the lifecycle refused: logged once."""
         self._turn = 0
@@ -600,18 +605,25 @@ class PartitionCore:
             policy = self.policies(schedule.lambda_name)
             if policy is None:
                 continue  # its occurrences wait (within the misfire policy) for the lambda
+            key = (schedule.name, schedule.defined_at)
+            if batch.now < self._wake.get(key, batch.now):
+                continue  # the next occurrence is later: no read, no arithmetic
             prefix = occurrence_prefix(schedule.name)
             latest = self.store.last_id_with_prefix(prefix)
             fired = occurrence_of(latest) if latest is not None else None
             after = fired[1] if fired is not None else None
-            considered = self._considered.get((schedule.name, schedule.defined_at))
+            considered = self._considered.get(key)
             if considered is not None and (after is None or considered > after):
                 after = considered
             result = due(schedule, after, batch.now)
             if result.through is not None:
                 # Everything before the first occurrence fired now is settled.
                 settled = result.fire[0] - 1 if result.fire else result.through
-                self._considered[schedule.name, schedule.defined_at] = settled
+                self._considered[key] = settled
+            if not result.fire:
+                # What is not due now never becomes due before the next occurrence.
+                upcoming = schedule.next_after(batch.now)
+                self._wake[key] = upcoming if upcoming is not None else _NEVER
             for at in result.fire:
                 self._occur(batch, schedule, policy, at)
 

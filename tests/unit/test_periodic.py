@@ -377,6 +377,39 @@ def test_each_due_occurrence_becomes_one_enqueued_task() -> None:
     assert owner.fired() == [T0, T0 + 1_000]
 
 
+class CountingStore(MemoryTaskStore):
+    """Counts the seeks for a schedule's latest occurrence."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seeks = 0
+
+    def last_id_with_prefix(self, prefix: str) -> str | None:
+        self.seeks += 1
+        return super().last_id_with_prefix(prefix)
+
+
+def test_an_owner_reads_nothing_for_a_schedule_until_its_next_occurrence() -> None:
+    store = CountingStore()
+    owner = Owner(every(1_000), store=store)
+    owner.poll(T0 + 10)  # fires T0
+    owner.poll(T0 + 60)  # sees T0 stored, nothing due: remembers T0 + 1000
+    seeks = store.seeks
+    for now in range(T0 + 110, T0 + 1_000, 50):
+        assert owner.poll(now).occurrences == 0
+    assert store.seeks == seeks, "no read per poll while nothing can be due"
+    assert owner.poll(T0 + 1_000).occurrences == 1
+    assert store.seeks == seeks + 1
+    assert owner.fired() == [T0, T0 + 1_000]
+
+
+def test_a_failed_batch_is_fired_again_at_the_next_poll_not_the_next_occurrence() -> None:
+    owner = Owner(every(1_000))
+    owner.poll(T0 + 10, commit=False)  # the transaction failed
+    owner.poll(T0 + 60)
+    assert owner.fired() == [T0]
+
+
 def test_a_failed_batch_leaves_no_gap_and_a_restart_no_duplicate() -> None:
     owner = Owner(every(1_000, catch_up_max=100))
     owner.poll(T0 + 10)
