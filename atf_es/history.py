@@ -31,6 +31,8 @@ from atf_es.events.placement import murmur2, partition_of
 from atf_es.topics import Topics
 
 READ_CHUNK = 5_000
+DRAIN_PASSES = 100
+"""At most this many reads of what already arrived, once the end is reached."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +63,11 @@ def read_task_events(
     source = TopicPartition(topic, partition_of(task_id, settings.partitions))
     key = task_id.encode()
     reader = kafka_clients.consumer(bootstrap, kafka_config=settings.kafka_config)
+    ends = kafka_clients.end_reader(bootstrap, kafka_config=settings.kafka_config)
     try:
-        low, high = reader.get_watermark_offsets(source, timeout=timeout)
+        low, _ = reader.get_watermark_offsets(source, timeout=timeout)
+        # Not the reader's own end: see kafka_clients.log_ends.
+        high = kafka_clients.log_ends(ends, topic, [source.partition], timeout)[source.partition]
         if high <= low:
             return []
         reader.assign([TopicPartition(topic, source.partition, low)])
@@ -71,13 +76,19 @@ def read_task_events(
         """A tombstone was read: the next event of the key starts a new task."""
         deadline = time.monotonic() + timeout
         # Done when the position reaches the end: a transactional log ends in a
-        # commit marker, which no consumer receives.
-        while reader.position([source])[0].offset < high:
-            if time.monotonic() > deadline:
+        # commit marker, which no consumer receives. Then what arrived with the
+        # last fetch is taken too, never waiting: the embedded broker reports
+        # the end as the last batch's base offset + 1.
+        drains = 0
+        while (behind := reader.position([source])[0].offset < high) or drains < DRAIN_PASSES:
+            if behind and time.monotonic() > deadline:
                 raise TimeoutError(
                     f"could not read {topic}[{source.partition}] to its end in {timeout:g}s"
                 )
-            for message in kafka_clients.consume(reader, READ_CHUNK, 0.1):
+            messages = kafka_clients.consume(reader, READ_CHUNK, 0.1 if behind else 0.0)
+            if not behind:
+                drains = drains + 1 if messages else DRAIN_PASSES
+            for message in messages:
                 value = message.value()
                 if message.error() is not None or message.key() != key:
                     continue
@@ -100,6 +111,7 @@ def read_task_events(
         return [by_seq[seq] for seq in sorted(by_seq)]
     finally:
         reader.close()
+        ends.close()
 
 
 def state_as_of(settings: Settings, bootstrap: str, task_id: str, at: int) -> Task | None:

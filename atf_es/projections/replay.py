@@ -391,10 +391,17 @@ class _Reader:
 
     def _read(self, reader: Consumer, store: RocksTaskStore) -> None:
         source = self.source
+        ends = kafka_clients.end_reader(self.bootstrap, kafka_config=self.settings.kafka_config)
         try:
-            low, end = reader.get_watermark_offsets(source, timeout=_METADATA_TIMEOUT_S)
+            low, _ = reader.get_watermark_offsets(source, timeout=_METADATA_TIMEOUT_S)
+            # Not the reader's own end: see kafka_clients.log_ends.
+            end = kafka_clients.log_ends(
+                ends, source.topic, [source.partition], _METADATA_TIMEOUT_S
+            )[source.partition]
         except KafkaException as exc:
             raise ReplayError(f"{source.topic}[{source.partition}]: {exc}") from exc
+        finally:
+            ends.close()
         target = end if self.stop_at is None else self.stop_at + 1
         total = max(0, target - low)
         self.report(0, 0, total, False)

@@ -48,7 +48,6 @@ from dataclasses import dataclass, field, replace
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
-    OFFSET_END,
     KafkaError,
     KafkaException,
     Message,
@@ -228,6 +227,7 @@ class DeadLetterView:
         self._consumer.assign(
             [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in self._partitions]
         )
+        self._end_reader = kafka_clients.end_reader(bootstrap, kafka_config=settings.kafka_config)
         self._tasks: dict[str, Task] = {}
         self._lock = threading.RLock()
         self.stats = ViewStats()
@@ -272,7 +272,8 @@ class DeadLetterView:
         asks once per partition, and each waits behind the consumer's fetch).
         A partition nothing was read from yet is empty if its start is its end.
         """
-        ends = self._offsets(OFFSET_END, self._partitions, timeout)
+        # Not the reader's own end: see kafka_clients.log_ends.
+        ends = kafka_clients.log_ends(self._end_reader, self.topic, self._partitions, timeout)
         positions = self._consumer.position([TopicPartition(self.topic, p) for p in ends])
         unread = [tp.partition for tp in positions if tp.offset < 0]
         if unread:
@@ -408,6 +409,7 @@ class DeadLetterView:
             if not self._closed:
                 self._closed = True
                 self._consumer.close()
+                self._end_reader.close()
 
 
 __all__ = [

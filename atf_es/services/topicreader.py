@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterable
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
-    OFFSET_END,
     KafkaError,
     KafkaException,
     Message,
@@ -68,6 +67,7 @@ class TopicReader:
         self._consumer.assign(
             [TopicPartition(topic, p, OFFSET_BEGINNING) for p in self._partitions]
         )
+        self._end_reader = kafka_clients.end_reader(bootstrap, kafka_config=settings.kafka_config)
         self._closed = False
 
     def catch_up(self, timeout: float) -> None:
@@ -101,7 +101,8 @@ class TopicReader:
 
     def _ends(self, timeout: float) -> dict[int, int]:
         """Each partition's end offset, leaving out those with nothing to read."""
-        ends = self._offsets(OFFSET_END, self._partitions, timeout)
+        # Not the reader's own end: see kafka_clients.log_ends.
+        ends = kafka_clients.log_ends(self._end_reader, self.topic, self._partitions, timeout)
         positions = self._consumer.position([TopicPartition(self.topic, p) for p in ends])
         unread = [tp.partition for tp in positions if tp.offset < 0]
         if unread:
@@ -143,6 +144,7 @@ class TopicReader:
         if not self._closed:
             self._closed = True
             self._consumer.close()
+            self._end_reader.close()
 
 
 __all__ = ["Apply", "TopicReader"]

@@ -24,6 +24,7 @@ FACTORIES = {
     "transactional_producer": 2,
     "consumer": 2,
     "admin_client": 1,
+    "end_reader": 1,
     "ensure_topics": 2,
 }
 CONSTRUCTORS = {"Producer", "Consumer", "AdminClient"}
