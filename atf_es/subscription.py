@@ -326,11 +326,16 @@ class Subscription:
             # though joining the group takes a while (the end is taken now).
             self._start_ends: dict[int, int] = {}
             if from_ == "latest":
-                for p in existing:
-                    _, high = self._consumer.get_watermark_offsets(
-                        TopicPartition(self.topic, p), timeout=METADATA_TIMEOUT
+                # Not the consumer's own end (0 on the embedded broker while a
+                # transaction is open: it would replay the whole log); see
+                # kafka_clients.log_ends.
+                ends = kafka_clients.end_reader(bootstrap, kafka_config=settings.kafka_config)
+                try:
+                    self._start_ends = kafka_clients.log_ends(
+                        ends, self.topic, list(existing), METADATA_TIMEOUT
                     )
-                    self._start_ends[p] = high
+                finally:
+                    ends.close()
             if group is None:
                 start = [
                     TopicPartition(self.topic, p, self._start_ends.get(p, OFFSET_BEGINNING))

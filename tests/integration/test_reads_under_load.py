@@ -22,6 +22,7 @@ from atf_es.config import Settings
 from atf_es.events import TaskStatus
 from atf_es.history import read_task_events
 from atf_es.services.deadletters import DeadLetterView
+from atf_es.subscription import subscribe
 from tests.deployment import running_system
 
 pytestmark = pytest.mark.integration
@@ -93,3 +94,15 @@ def test_a_new_dead_letter_view_during_open_transactions_sees_every_dead_letter(
             assert found is not None and found.status is TaskStatus.DEAD_LETTERED, attempt
         finally:
             view.close()
+
+
+def test_a_subscription_from_latest_during_open_transactions_replays_nothing_old(
+    loaded: tuple[Settings, str, str],
+) -> None:
+    settings, done, doomed = loaded
+    for attempt in range(READS // 4):
+        with subscribe(None, from_="latest", settings=settings, task_ids=[done, doomed]) as sub:
+            # Both tasks ended before the subscription: nothing of theirs may come.
+            # Anything from the start of the log would arrive within these polls.
+            seen = [event for _ in range(5) for event in sub.poll(0.2)]
+            assert seen == [], (attempt, [(e.task.task_id, e.event) for e in seen])
