@@ -42,32 +42,18 @@ import bisect
 import hashlib
 import logging
 import threading
-import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    KafkaError,
-    KafkaException,
-    Message,
-    TopicPartition,
-)
-
-from atf_es import kafka_clients
 from atf_es.config import Settings
 from atf_es.events import Task, TaskStatus
 from atf_es.events.codec import DecodeError, decode_event
 from atf_es.events.records import task_id_of_key
+from atf_es.services.topicreader import TopicReader
 from atf_es.topics import Topics
 
 log = logging.getLogger(__name__)
 
-READ_CHUNK = 5_000
-_DRAIN_PASSES = 100
 _TOKEN_VERSION = "d1"
-PREFETCH_KBYTES = 16_384
-"""librdkafka's local prefetch queue per view (its default is 64 MB)."""
 
 
 class PageTokenError(ValueError):
@@ -215,19 +201,14 @@ class DeadLetterView:
         self.settings = settings
         self.bootstrap = bootstrap
         self.topic = Topics(settings.topic_prefix).task_events
-        self._partitions = list(range(settings.partitions))
-        self._consumer = kafka_clients.consumer(
+        self._reader = TopicReader(
+            settings,
             bootstrap,
-            kafka_config=settings.kafka_config,
-            overrides={
-                "client.id": "dead-letters",
-                "queued.max.messages.kbytes": PREFETCH_KBYTES,
-            },
+            self.topic,
+            settings.partitions,
+            self._apply,
+            client_id="dead-letters",
         )
-        self._consumer.assign(
-            [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in self._partitions]
-        )
-        self._end_reader = kafka_clients.end_reader(bootstrap, kafka_config=settings.kafka_config)
         self._tasks: dict[str, Task] = {}
         self._lock = threading.RLock()
         self.stats = ViewStats()
@@ -236,93 +217,17 @@ class DeadLetterView:
     # -- reading ---------------------------------------------------------
 
     def catch_up(self, timeout: float = 30.0) -> None:
-        """Read every partition to its end as it is now.
+        """Read every partition to its end as it is now (``TopicReader.catch_up``).
 
         Raises TimeoutError (keeping what was read: the next call goes on from
         there) if that takes more than ``timeout`` seconds, and KafkaException
         if the broker cannot tell where the ends are.
         """
-        deadline = time.monotonic() + timeout
         with self._lock:
-            ends = self._ends(max(0.1, deadline - time.monotonic()))
-            # Done when each position reaches its end, not when a record at the
-            # end arrives: a transactional log ends in a commit marker, which no
-            # consumer ever receives.
-            while behind := self._behind(ends):
-                if time.monotonic() > deadline:
-                    left = sum(ends[p] - max(0, position) for p, position in behind.items())
-                    raise TimeoutError(
-                        f"{timeout:g}s were not enough to read {self.topic} to its end: "
-                        f"{self.stats.records} records read so far, about {left} to go"
-                    )
-                self._apply_all(kafka_clients.consume(self._consumer, READ_CHUNK, 0.05))
-            # The embedded broker reports the end as the last batch's base offset
-            # + 1: the rest of that batch has arrived with it. Take what is here,
-            # never waiting (that would chase records written since).
-            for _ in range(_DRAIN_PASSES):
-                messages = kafka_clients.consume(self._consumer, READ_CHUNK, 0.0)
-                if not messages:
-                    break
-                self._apply_all(messages)
-
-    def _ends(self, timeout: float) -> dict[int, int]:
-        """Each partition's end offset, leaving out those with nothing to read.
-
-        One ListOffsets request for every partition (``get_watermark_offsets``
-        asks once per partition, and each waits behind the consumer's fetch).
-        A partition nothing was read from yet is empty if its start is its end.
-        """
-        # Not the reader's own end: see kafka_clients.log_ends.
-        ends = kafka_clients.log_ends(self._end_reader, self.topic, self._partitions, timeout)
-        positions = self._consumer.position([TopicPartition(self.topic, p) for p in ends])
-        unread = [tp.partition for tp in positions if tp.offset < 0]
-        if unread:
-            starts = self._offsets(OFFSET_BEGINNING, unread, timeout)
-            for partition, start in starts.items():
-                if ends[partition] <= start:
-                    del ends[partition]
-        return ends
-
-    def _offsets(self, which: int, partitions: list[int], timeout: float) -> dict[int, int]:
-        """The start (``OFFSET_BEGINNING``) or end (``OFFSET_END``) offset of ``partitions``."""
-        found = self._consumer.offsets_for_times(
-            [TopicPartition(self.topic, p, which) for p in partitions], timeout=timeout
-        )
-        offsets = {}
-        for tp in found:
-            if tp.error is not None:
-                raise KafkaException(tp.error)
-            offsets[tp.partition] = tp.offset
-        return offsets
-
-    def _behind(self, ends: dict[int, int]) -> dict[int, int]:
-        """The partitions whose position is short of ``ends``, with their positions."""
-        if not ends:
-            return {}
-        positions = self._consumer.position([TopicPartition(self.topic, p) for p in ends])
-        return {
-            tp.partition: tp.offset
-            for tp in positions
-            if tp.offset < ends[tp.partition]  # OFFSET_INVALID (nothing read yet) is < 0
-        }
-
-    def poll(self, timeout: float = 0.0) -> int:
-        """Apply what has arrived; returns how many records were read."""
-        with self._lock:
-            return self._apply_all(kafka_clients.consume(self._consumer, READ_CHUNK, timeout))
-
-    def _apply_all(self, messages: Iterable[Message]) -> int:
-        read = 0
-        for message in messages:
-            error = message.error()
-            if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    log.warning("%s: %s", self.topic, error)
-                continue
-            read += 1
-            self._apply(message.key(), message.value())
-        self.stats.records += read
-        return read
+            try:
+                self._reader.catch_up(timeout)
+            finally:
+                self.stats.records = self._reader.records
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         if value is None:
@@ -408,8 +313,7 @@ class DeadLetterView:
         with self._lock:
             if not self._closed:
                 self._closed = True
-                self._consumer.close()
-                self._end_reader.close()
+                self._reader.close()
 
 
 __all__ = [

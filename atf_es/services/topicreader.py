@@ -1,12 +1,13 @@
 """Reading every partition of a topic to its end as it is now, for read-side views.
 
-:class:`TopicReader` is the reading half of a view such as the overview
-(``atf_es.services.overview``): a plain consumer (no group, nothing
+:class:`TopicReader` is the reading half of the read-side views (the
+overview, ``atf_es.services.overview``, and the dead letters,
+``atf_es.services.deadletters``): a plain consumer (no group, nothing
 committed) assigned every partition from the beginning, and
 :meth:`TopicReader.catch_up`, which hands every record up to each
 partition's end, as it is when called, to the view's ``apply`` callback.
-It reads the way ``DeadLetterView`` does (docs/dead-letters.md): one
-``ListOffsets`` request for the ends, then reading until each consumer
+It reads with one ``ListOffsets`` request for the ends (open transactions
+included, see ``kafka_clients.log_ends``), then reading until each consumer
 position reaches its end, never waiting for records written since.
 """
 
