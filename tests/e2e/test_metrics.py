@@ -70,7 +70,9 @@ def test_every_service_serves_metrics_that_move_under_load(deployment: Deploymen
 
     work = 6
     with Client(deployment.frontend, timeout=30) as client:
-        ids = [client.schedule("work", b"0") for _ in range(work)]
+        # One runs past the heartbeat interval: the others are started by
+        # their claim and end before their first heartbeat is due.
+        ids = [client.schedule("work", b"0.6" if i == 0 else b"0") for i in range(work)]
         outcomes = client.schedule_many([TaskRequest("work", b"0"), TaskRequest("nope", b"")])
         assert outcomes[0].ok and not outcomes[1].ok, outcomes
         ids.append(outcomes[0].task_id)
@@ -106,6 +108,16 @@ def test_every_service_serves_metrics_that_move_under_load(deployment: Deploymen
         30,
         "the poison record to be counted",
         interval=0.2,
+    )
+
+    def gauges_caught_up(_: Samples, new: Samples) -> bool:
+        return (
+            value(new, "atf_processor_tasks", status="success", **{"lambda": "work"}) >= work
+            and value(new, "atf_processor_tasks", status="dead_lettered") >= 1
+        )
+
+    wait_for(
+        moved("processor", gauges_caught_up), 30, "the task gauges to be recomputed", interval=0.2
     )
     after = scrape_all(deployment)
 
