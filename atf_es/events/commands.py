@@ -44,6 +44,9 @@ class ClaimTask:
     task_id: str
     lease: int
     worker: str
+    start: bool = False
+    """Claim and start in one step, enqueued -> claimed -> processing, for a
+    worker that runs the task at once: the claim is its first heartbeat."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -294,9 +294,12 @@ def _claim(
 ) -> Decision:
     if (stale := _stale(task, cmd.lease)) is not None:
         return stale
-    if task.status is TaskStatus.CLAIMED and task.worker == cmd.worker:
+    if task.worker == cmd.worker:
         # The same worker asking again after a lost reply: it holds the claim.
-        return Accepted()
+        if task.status is TaskStatus.CLAIMED:
+            return Accepted((_started(task, cmd, now, policy, task.seq + 1),) if cmd.start else ())
+        if task.status is TaskStatus.PROCESSING and cmd.start:
+            return Accepted()
     if task.status is not TaskStatus.ENQUEUED:
         return _wrong_state(task, "claim")
     if gate is not None and gate.closed:
@@ -307,18 +310,30 @@ def _claim(
             f"cannot claim task {task.task_id!r}: gate {gate.name!r} is {gate.action}",
             (_stopped_by(gate, task, now, cause),),
         )
-    return Accepted(
-        (
-            TaskClaimed(
-                task_id=task.task_id,
-                seq=task.seq + 1,
-                at=now,
-                cause=Cause.command("ClaimTask", cmd.command_id),
-                lease=cmd.lease,
-                worker=cmd.worker,
-                deadline=now + policy.claim_timeout_ms,
-            ),
-        )
+    claimed = TaskClaimed(
+        task_id=task.task_id,
+        seq=task.seq + 1,
+        at=now,
+        cause=Cause.command("ClaimTask", cmd.command_id),
+        lease=cmd.lease,
+        worker=cmd.worker,
+        deadline=now + policy.claim_timeout_ms,
+    )
+    if cmd.start:
+        return Accepted((claimed, _started(task, cmd, now, policy, task.seq + 2)))
+    return Accepted((claimed,))
+
+
+def _started(task: Task, cmd: ClaimTask, now: int, policy: LambdaPolicy, seq: int) -> TaskStarted:
+    """A starting claim's second event: processing, the heartbeat clock running."""
+    return TaskStarted(
+        task.task_id,
+        seq,
+        now,
+        Cause.command("ClaimTask", cmd.command_id),
+        cmd.lease,
+        cmd.worker,
+        now + policy.heartbeat_timeout_ms,
     )
 
 

@@ -397,7 +397,14 @@ def _command_body(cmd: Command) -> Record:
                 "chain": None if cmd.chain is None else link_to_record(cmd.chain),
                 "scheduled_by": cmd.scheduled_by,
             }
-        case ClaimTask() | Heartbeat():
+        case ClaimTask():
+            return {
+                "task_id": cmd.task_id,
+                "lease": cmd.lease,
+                "worker": cmd.worker,
+                "start": cmd.start,
+            }
+        case Heartbeat():
             return {"task_id": cmd.task_id, "lease": cmd.lease, "worker": cmd.worker}
         case SetResult():
             return {
@@ -448,7 +455,9 @@ def command_from_record(rec: Record) -> CommandEnvelope:
                 scheduled_by=body.get("scheduled_by"),
             )
         case "atf.v1.ClaimTask":
-            cmd = ClaimTask(command_id, body["task_id"], body["lease"], body["worker"])
+            cmd = ClaimTask(
+                command_id, body["task_id"], body["lease"], body["worker"], body.get("start", False)
+            )
         case "atf.v1.Heartbeat":
             cmd = Heartbeat(command_id, body["task_id"], body["lease"], body["worker"])
         case "atf.v1.SetResult":

@@ -609,12 +609,15 @@ class Controller:
     def _finish(self, entry: _Buffered) -> None:
         self._finished.put(entry)
 
-    def _claim(self, entry: _Buffered, worker: str, context: grpc.ServicerContext) -> bool | None:
-        """Claim ``entry`` for ``worker``: True claimed, False refused, None HSC unreachable."""
+    def _claim(
+        self, entry: _Buffered, worker: str, start: bool, context: grpc.ServicerContext
+    ) -> bool | None:
+        """Claim ``entry`` for ``worker``, ``start``-ed if asked: True claimed,
+        False refused, None HSC unreachable."""
         hsc = self._hsc
         assert hsc is not None
         request = worker_pb2.ClaimTaskRequest(
-            task_id=entry.item.task_id, lease=entry.item.lease, worker=worker
+            task_id=entry.item.task_id, lease=entry.item.lease, worker=worker, start=start
         )
         for attempt in range(CLAIM_ATTEMPTS):
             remaining = context.time_remaining()
@@ -691,6 +694,9 @@ class Controller:
             )
         lambdas = frozenset(request.lambda_names or self.lambda_names)
         max_tasks = min(max(request.max_tasks, 1), MAX_TASKS_PER_CALL)
+        # A started item's heartbeat clock runs from its claim: only a worker
+        # that takes one item at a time runs it at once.
+        start = request.start and max_tasks == 1
         wait = min(request.wait_ms, MAX_WAIT_MS) / 1000
         remaining = context.time_remaining()
         if remaining is not None:
@@ -708,7 +714,7 @@ class Controller:
                 # timeout. Leave it for a live poll.
                 self._put_back(entry)
                 break
-            claimed = self._claim(entry, request.worker, context)
+            claimed = self._claim(entry, request.worker, start, context)
             if claimed is None:
                 self._put_back(entry)
                 break
@@ -723,12 +729,12 @@ class Controller:
                 items.append(_to_proto(entry.item))
         if items and not context.is_active():
             log.warning(
-                "worker %s left before receiving %d claimed tasks; their claim timeout "
-                "will enqueue them again",
+                "worker %s left before receiving %d claimed tasks; their claim (or "
+                "heartbeat) timeout will enqueue them again",
                 request.worker,
                 len(items),
             )
-        return worker_pb2.NextWorkResponse(items=items)
+        return worker_pb2.NextWorkResponse(items=items, started=start and bool(items))
 
 
 def _to_proto(item: WorkItem) -> common_pb2.WorkItem:

@@ -127,7 +127,8 @@ class HeartbeatStatusService(worker_pb2_grpc.HeartbeatStatusServicer):  # type: 
         _require_ids(context, request.task_id, request.worker)
         _require_lease(context, request.lease)
         reply = self._send(
-            ClaimTask(_new_id(), request.task_id, request.lease, request.worker), context
+            ClaimTask(_new_id(), request.task_id, request.lease, request.worker, request.start),
+            context,
         )
         if not reply.accepted:
             self._refuse("claim", reply, context)

@@ -27,6 +27,7 @@ from atf_es.clock import now_ms
 from atf_es.config import Settings
 from atf_es.events import CancelTask, QueryTask, ScheduleTask, Task, TaskStatus
 from atf_es.events.replies import Reply
+from atf_es.history import read_task_events
 from atf_es.services.controller import Controller
 from atf_es.services.executor import EXIT_HEARTBEAT_LOST, Executor
 from atf_es.services.gateway import CommandGateway
@@ -240,6 +241,23 @@ def test_a_task_runs_and_succeeds_with_its_result(system: System) -> None:
     assert executor.stats.heartbeat_failures == 0
 
 
+def test_without_prefetch_the_claim_starts_the_task(system: System) -> None:
+    """One processor round trip fewer per task: no start heartbeat."""
+    system.executor("ok", threads=1)
+    task_id = system.schedule("ok", b"x")
+    system.wait_status(task_id, TaskStatus.SUCCESS)
+    assert system.settings.kafka_bootstrap is not None
+    recorded = read_task_events(system.settings, system.settings.kafka_bootstrap, task_id)
+    kinds = [type(r.event).__name__ for r in recorded]
+    assert kinds == ["TaskScheduled", "TaskEnqueued", "TaskClaimed", "TaskStarted", "TaskSucceeded"]
+    claimed, started = recorded[2], recorded[3]
+    # Both from the one ClaimTask, in one transaction.
+    assert started.event.cause == claimed.event.cause
+    assert started.event.cause.name == "ClaimTask"
+    assert started.offset == claimed.offset + 1
+    assert started.task.started_at == claimed.task.claimed_at
+
+
 def test_a_retriable_error_is_retried_until_success(system: System) -> None:
     system.executor("flaky")
     task_id = system.schedule("flaky")
@@ -291,6 +309,12 @@ def test_with_prefetch_a_thread_claims_its_next_task_while_it_runs_one(system: S
         assert system.wait_status(task_id, TaskStatus.SUCCESS).attempts == 1
     assert system.recorder.runs == [running, waiting]
     assert executor.stats.not_started == 0
+    # A prefetched task is claimed, not started, until its thread is free:
+    # its first heartbeat starts it.
+    assert system.settings.kafka_bootstrap is not None
+    recorded = read_task_events(system.settings, system.settings.kafka_bootstrap, waiting)
+    causes = {type(r.event).__name__: r.event.cause.name for r in recorded}
+    assert (causes["TaskClaimed"], causes["TaskStarted"]) == ("ClaimTask", "Heartbeat")
 
 
 def test_a_prefetched_claim_that_timed_out_is_not_run_on_its_old_lease(system: System) -> None:

@@ -10,7 +10,7 @@ and show that the checks catch them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -36,6 +36,7 @@ from atf_es.events import (
     TaskDropped,
     TaskEnqueued,
     TaskHeld,
+    TaskStarted,
     TaskStatus,
     TimerFired,
     TimerReason,
@@ -236,10 +237,19 @@ class LifecycleMachine(RuleBasedStateMachine):
         task_id=st.sampled_from(TASK_IDS),
         worker=st.sampled_from(WORKERS),
         lease_delta=st.sampled_from([0, 0, 0, -1, 1]),
+        start=st.booleans(),
     )
-    def claim(self, task_id: str, worker: str, lease_delta: int) -> None:
+    def claim(self, task_id: str, worker: str, lease_delta: int, start: bool) -> None:
         lease = self._lease(task_id) + lease_delta
-        self.apply(task_id, ClaimTask(self._command_id(), task_id, lease, worker))
+        decision = self.apply(task_id, ClaimTask(self._command_id(), task_id, lease, worker, start))
+        self._note_start(decision, task_id, lease)
+
+    def _note_start(self, decision: Decision, task_id: str, lease: int) -> None:
+        """A claim that started the task is the executor's first heartbeat."""
+        if isinstance(decision, Accepted) and any(
+            isinstance(event, TaskStarted) for event in decision.events
+        ):
+            self.ledger.last_heartbeat[(task_id, lease)] = self.now
 
     @rule(
         task_id=st.sampled_from(TASK_IDS),
@@ -272,18 +282,29 @@ class LifecycleMachine(RuleBasedStateMachine):
         ending=st.sampled_from(["success", "retriable", "retriable", "fatal", "crash", "stall"]),
         beats=st.integers(min_value=0, max_value=2),
         zombie=st.booleans(),
+        start=st.booleans(),
     )
-    def run_attempt(self, task_id: str, worker: str, ending: str, beats: int, zombie: bool) -> None:
-        """A whole attempt by one executor, as the happy path (or a crash) would run it."""
+    def run_attempt(
+        self, *, task_id: str, worker: str, ending: str, beats: int, zombie: bool, start: bool
+    ) -> None:
+        """A whole attempt by one executor, as the happy path (or a crash) would run it;
+        ``start``: its claim starts the task (the executor asks NextWork so)."""
         lease = self._lease(task_id)
-        claimed = self.apply(task_id, ClaimTask(self._command_id(), task_id, lease, worker))
+        command = ClaimTask(self._command_id(), task_id, lease, worker, start)
+        claimed = self.apply(task_id, command)
         if not (isinstance(claimed, Accepted) and claimed.events):
             return
+        self._note_start(claimed, task_id, lease)
         if ending == "stall":
-            return  # the controller dies holding the claim
-        started = self.apply(task_id, Heartbeat(self._command_id(), task_id, lease, worker))
-        if isinstance(started, Accepted) and started.events:
-            self.ledger.last_heartbeat[(task_id, lease)] = self.now
+            return  # the controller (or, started, the executor) dies holding the claim
+        if start and ending == "success" and beats == 2:
+            # The claim's reply was lost: the same worker claims again, and holds it.
+            again = self.apply(task_id, replace(command, command_id=self._command_id()))
+            assert isinstance(again, Accepted) and not again.events, again
+        if not start:
+            started = self.apply(task_id, Heartbeat(self._command_id(), task_id, lease, worker))
+            if isinstance(started, Accepted) and started.events:
+                self.ledger.last_heartbeat[(task_id, lease)] = self.now
         if zombie:
             # An executor still holding the previous lease beats and reports.
             old = lease - 1

@@ -202,6 +202,7 @@ COMMANDS: list[Command] = [
     ScheduleTask("c-2", "t-2", "send_email", "", -1, b"", T0),
     ScheduleTask("c-3", "t-3", "send_email", "x", 0, b"", T0, scheduled_by="billing"),
     ClaimTask("c-3", "t-1", 1, "host-a/7"),
+    ClaimTask("c-3s", "t-1", 1, "host-a/7", start=True),
     Heartbeat("c-4", "t-1", 1, "host-a/7"),
     SetResult("c-5", "t-1", 1, "host-a/7", Outcome.SUCCESS, None, b"ok"),
     SetResult("c-6", "t-1", 1, "host-a/7", Outcome.RETRIABLE, "timeout"),

@@ -87,6 +87,47 @@ def test_seed_table_new_waits_for_its_scheduled_time() -> None:
     assert run.t.lease == 1
 
 
+def test_a_starting_claim_is_the_first_heartbeat() -> None:
+    run = Run()
+    run.do(schedule(), T0)
+    run.do(TimerFired("t1"), T0)
+    claim = ClaimTask("c2", "t1", 1, "w1", start=True)
+    run.do(claim, T0 + 10)
+    claimed, began = run.events[-2:]
+    assert (type(claimed).__name__, type(began).__name__) == ("TaskClaimed", "TaskStarted")
+    assert (claimed.seq, began.seq) == (3, 4)
+    assert (began.cause.name, began.cause.command_id) == ("ClaimTask", "c2")
+    assert (run.t.status, run.t.worker, run.t.attempts) == (TaskStatus.PROCESSING, "w1", 1)
+    assert run.t.started_at == run.t.heartbeat_at == T0 + 10
+    assert run.t.next_trigger_at == T0 + 10 + POLICY.heartbeat_timeout_ms
+    # The claim again after a lost reply: held, nothing new; another worker: refused.
+    assert run.do(replace(claim, command_id="c3"), T0 + 20) is None
+    assert len(run.events) == 4
+    other = run.refuse(ClaimTask("c4", "t1", 1, "w2", start=True), T0 + 20)
+    assert other.code is RejectCode.WRONG_STATE
+    # Silent after that: the heartbeat timeout runs from the claim.
+    event = run.do(TimerFired("t1"), T0 + 10 + POLICY.heartbeat_timeout_ms)
+    assert event is not None and event.cause.name == TimerReason.HEARTBEAT_TIMEOUT
+
+
+def test_a_starting_claim_after_a_plain_one_starts_it() -> None:
+    run = Run()
+    run.do(schedule(), T0)
+    run.do(TimerFired("t1"), T0)
+    run.do(ClaimTask("c2", "t1", 1, "w1"), T0 + 10)
+    assert run.refuse(ClaimTask("c3", "t1", 1, "w2", start=True), T0 + 15).code is (
+        RejectCode.WRONG_STATE
+    )
+    event = run.do(ClaimTask("c3", "t1", 1, "w1", start=True), T0 + 20)
+    assert type(event).__name__ == "TaskStarted"
+    assert run.t.status is TaskStatus.PROCESSING
+    # A plain claim of a started task is not a heartbeat.
+    assert run.refuse(ClaimTask("c4", "t1", 1, "w1"), T0 + 30).code is RejectCode.WRONG_STATE
+    assert run.refuse(ClaimTask("c5", "t1", 0, "w1", start=True), T0 + 30).code is (
+        RejectCode.STALE_LEASE
+    )
+
+
 def test_seed_table_enqueued_times_out_with_a_new_lease() -> None:
     run = Run()
     run.do(schedule(), T0)

@@ -20,14 +20,16 @@ OUTCOME_RETRIABLE: Outcome
 OUTCOME_FATAL: Outcome
 
 class ClaimTaskRequest(_message.Message):
-    __slots__ = ("task_id", "lease", "worker")
+    __slots__ = ("task_id", "lease", "worker", "start")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     lease: int
     worker: str
-    def __init__(self, task_id: _Optional[str] = ..., lease: _Optional[int] = ..., worker: _Optional[str] = ...) -> None: ...
+    start: bool
+    def __init__(self, task_id: _Optional[str] = ..., lease: _Optional[int] = ..., worker: _Optional[str] = ..., start: _Optional[bool] = ...) -> None: ...
 
 class ClaimTaskResponse(_message.Message):
     __slots__ = ("reply",)
@@ -80,19 +82,23 @@ class SetResultsResponse(_message.Message):
     def __init__(self, replies: _Optional[_Iterable[_Union[_common_pb2.CommandReply, _Mapping]]] = ...) -> None: ...
 
 class NextWorkRequest(_message.Message):
-    __slots__ = ("worker", "max_tasks", "wait_ms", "lambda_names")
+    __slots__ = ("worker", "max_tasks", "wait_ms", "lambda_names", "start")
     WORKER_FIELD_NUMBER: _ClassVar[int]
     MAX_TASKS_FIELD_NUMBER: _ClassVar[int]
     WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     LAMBDA_NAMES_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
     worker: str
     max_tasks: int
     wait_ms: int
     lambda_names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, worker: _Optional[str] = ..., max_tasks: _Optional[int] = ..., wait_ms: _Optional[int] = ..., lambda_names: _Optional[_Iterable[str]] = ...) -> None: ...
+    start: bool
+    def __init__(self, worker: _Optional[str] = ..., max_tasks: _Optional[int] = ..., wait_ms: _Optional[int] = ..., lambda_names: _Optional[_Iterable[str]] = ..., start: _Optional[bool] = ...) -> None: ...
 
 class NextWorkResponse(_message.Message):
-    __slots__ = ("items",)
+    __slots__ = ("items", "started")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[_common_pb2.WorkItem]
-    def __init__(self, items: _Optional[_Iterable[_Union[_common_pb2.WorkItem, _Mapping]]] = ...) -> None: ...
+    started: bool
+    def __init__(self, items: _Optional[_Iterable[_Union[_common_pb2.WorkItem, _Mapping]]] = ..., started: _Optional[bool] = ...) -> None: ...
