@@ -192,6 +192,8 @@ class Options:
     timeout: float
     atf_env: dict[str, str] = field(default_factory=dict)
     """``ATF_*`` settings for the atf-es services (``--atf KEY=VALUE``)."""
+    partitions: int = 4
+    """Of atf-es's commands and task-events topics (``--partitions``)."""
 
 
 def make_peer(name: str, workdir: Path, ledger: Path, options: Options, redis_url: str) -> Peer:
@@ -199,7 +201,12 @@ def make_peer(name: str, workdir: Path, ledger: Path, options: Options, redis_ur
         from bench.atf_peer import AtfPeer
 
         return AtfPeer(
-            workdir, options.workers, options.threads, ledger, service_env=options.atf_env
+            workdir,
+            options.workers,
+            options.threads,
+            ledger,
+            partitions=options.partitions,
+            service_env=options.atf_env,
         )
     from bench.peers import CeleryPeer, DramatiqPeer
 
@@ -446,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=VALUE",
         help="an atf-es setting for its services, e.g. commit_interval_ms=5 (repeatable)",
     )
+    parser.add_argument(
+        "--partitions", type=int, default=4, help="atf-es's commands and task-events partitions"
+    )
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--plot", type=Path, help="write the latency CDFs here (PNG)")
     args = parser.parse_args(argv)
@@ -459,8 +469,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--loads takes fractions like 0.25,0.5,0.9")
     if not loads or not all(0 < x <= 1 for x in loads):
         parser.error("--loads takes fractions between 0 and 1")
-    if args.tasks < 1 or args.workers < 1 or args.threads < 1 or args.seconds <= 0:
-        parser.error("--tasks, --workers, --threads and --seconds must be positive")
+    if min(args.tasks, args.workers, args.threads, args.partitions) < 1 or args.seconds <= 0:
+        parser.error("--tasks, --workers, --threads, --partitions and --seconds must be positive")
     atf_env = {}
     for item in args.atf:
         name, sep, value = item.partition("=")
@@ -476,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         args.delay,
         args.timeout,
         atf_env,
+        args.partitions,
     )
 
     def say(line: str) -> None:

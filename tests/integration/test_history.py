@@ -142,7 +142,9 @@ def test_a_task_retried_twice_then_succeeding_shows_every_transition(
     names = [e.cause_name for e in main_line]
     assert names[0] == "ScheduleTask" and names[-1] == "SetResult"
     assert [names[i] for i in (1, 5, 9)] == ["due", "retry_due", "retry_due"]
-    assert [names[i] for i in (2, 3, 4)] == ["ClaimTask", "Heartbeat", "SetResult"]
+    # The executor asks for its work started: one ClaimTask claims and starts it.
+    assert [names[i] for i in (2, 3, 4)] == ["ClaimTask", "ClaimTask", "SetResult"]
+    assert main_line[2].command_id == main_line[3].command_id
     assert all(e.command_id for e in main_line if e.cause == "command")
     assert all(e.command_id is None for e in main_line if e.cause == "timer")
 
