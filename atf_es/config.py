@@ -172,8 +172,10 @@ class Settings:
     one, so the claim's round trip through the processor is off the thread's
     path (like Celery's and Dramatiq's prefetch). The cost: a task claimed
     behind a callback that runs longer than the lambda's ``claim_timeout_ms``
-    is enqueued again after that timeout. 0 (the default): a thread claims a
-    task only when it is free to run it."""
+    is enqueued again after that timeout, and the task still waits for its
+    first heartbeat to start. 0 (the default): a thread claims a task only
+    when it is free to run it, and that claim starts it (one transaction for
+    both), which measured faster (docs/benchmarks.md)."""
     dashboard_address: str = "127.0.0.1:7080"
     """host:port where ``atf-es dashboard`` serves the web dashboard."""
     metrics_address: str | None = None
