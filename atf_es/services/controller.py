@@ -61,6 +61,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from atf_es import kafka_clients, metrics
 from atf_es._proto.atf.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from atf_es.clock import now_ms
 from atf_es.config import PRIORITY_POLICIES, Settings
 from atf_es.events import LambdaPolicy, WorkItem
 from atf_es.events.codec import DecodeError, decode_work
@@ -703,6 +704,7 @@ class Controller:
             wait = min(wait, max(0.0, remaining - 0.1))
         deadline = time.monotonic() + wait
         items: list[common_pb2.WorkItem] = []
+        claimed_at = 0
         while len(items) < max_tasks and context.is_active():
             # Wait only for the first item; then take what is already there.
             entry = self._take(lambdas, deadline if not items else 0.0)
@@ -714,6 +716,8 @@ class Controller:
                 # timeout. Leave it for a live poll.
                 self._put_back(entry)
                 break
+            if not items:
+                claimed_at = now_ms()
             claimed = self._claim(entry, request.worker, start, context)
             if claimed is None:
                 self._put_back(entry)
@@ -734,7 +738,9 @@ class Controller:
                 request.worker,
                 len(items),
             )
-        return worker_pb2.NextWorkResponse(items=items, started=start and bool(items))
+        if not (start and items):
+            return worker_pb2.NextWorkResponse(items=items)
+        return worker_pb2.NextWorkResponse(items=items, started=True, claimed_at_ms=claimed_at)
 
 
 def _to_proto(item: WorkItem) -> common_pb2.WorkItem:

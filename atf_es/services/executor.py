@@ -328,7 +328,7 @@ class Executor:
         while not self._stopping.is_set():
             try:
                 call, ahead = ahead or self._ask(worker), None
-                items, started = self._answer(call)
+                items, claimed_at = self._answer(call)
             except (grpc.RpcError, grpc.FutureCancelledError) as exc:
                 if self._stopping.is_set():
                     return
@@ -343,7 +343,7 @@ class Executor:
                     # The claim of the next task overlaps this one's start and
                     # run: one processor round trip fewer on the thread's path.
                     ahead = self._ask(worker)
-                self._run(item, worker, started)
+                self._run(item, worker, claimed_at)
         if ahead is not None:
             # A task it claimed anyway comes back after its claim timeout.
             ahead.cancel()
@@ -370,16 +370,17 @@ class Executor:
             call.cancel()
         return call
 
-    def _answer(self, call: grpc.Future) -> tuple[list[common_pb2.WorkItem], bool]:
-        """The items of a NextWork call, and whether they came claimed started."""
+    def _answer(self, call: grpc.Future) -> tuple[list[common_pb2.WorkItem], int | None]:
+        """The items of a NextWork call, and when they were claimed started (or None)."""
         try:
             response = call.result()
-            return list(response.items), response.started
+            return list(response.items), response.claimed_at_ms if response.started else None
         finally:
             with self._lock:
                 self._calls.discard(call)
 
-    def _run(self, item: common_pb2.WorkItem, worker: str, started: bool = False) -> None:
+    def _run(self, item: common_pb2.WorkItem, worker: str, claimed_at: int | None = None) -> None:
+        """Run ``item``; ``claimed_at``: when the Controller sent its claim, if that started it."""
         task = TaskContext(
             task_id=item.task_id,
             lease=item.lease,
@@ -389,7 +390,7 @@ class Executor:
             priority=item.priority,
             payload=item.payload,
         )
-        if not started and not self._start_task(task, worker):
+        if not self._fresh(claimed_at) and not self._start_task(task, worker):
             self._count(not_started=1)
             return
         self._count(started=1)
@@ -436,8 +437,23 @@ class Executor:
         else:
             self._outcome_metric[outcome].inc()
 
+    def _fresh(self, claimed_at: int | None) -> bool:
+        """Whether a task its claim started may run at once.
+
+        The processor's heartbeat timeout runs from the claim. A first heartbeat
+        is answered within ``heartbeat_deadline`` or counts as failed, so a task
+        that started with one began at most that long after the processor's
+        clock; a started claim that took longer to get here (a paused
+        Controller, a slow hop) gets a heartbeat first, which its lease passes
+        only if the task was not handed on.
+        """
+        if claimed_at is None:
+            return False
+        return 0 <= now_ms() - claimed_at <= self.heartbeat_deadline * 1000
+
     def _start_task(self, task: TaskContext, worker: str) -> bool:
-        """The first heartbeat, claimed -> processing; the callback runs only after it."""
+        """The first heartbeat (claimed -> processing, or a late started claim's
+        check); the callback runs only after it."""
         for attempt in range(HEARTBEATS_LOST_AFTER):
             beat = self._beat(task, worker)
             if beat is _Beat.OK:

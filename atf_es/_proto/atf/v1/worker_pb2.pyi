@@ -96,9 +96,11 @@ class NextWorkRequest(_message.Message):
     def __init__(self, worker: _Optional[str] = ..., max_tasks: _Optional[int] = ..., wait_ms: _Optional[int] = ..., lambda_names: _Optional[_Iterable[str]] = ..., start: _Optional[bool] = ...) -> None: ...
 
 class NextWorkResponse(_message.Message):
-    __slots__ = ("items", "started")
+    __slots__ = ("items", "started", "claimed_at_ms")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
+    CLAIMED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[_common_pb2.WorkItem]
     started: bool
-    def __init__(self, items: _Optional[_Iterable[_Union[_common_pb2.WorkItem, _Mapping]]] = ..., started: _Optional[bool] = ...) -> None: ...
+    claimed_at_ms: int
+    def __init__(self, items: _Optional[_Iterable[_Union[_common_pb2.WorkItem, _Mapping]]] = ..., started: _Optional[bool] = ..., claimed_at_ms: _Optional[int] = ...) -> None: ...
