@@ -15,6 +15,8 @@ going round every kind in a shuffled order so each kind recurs evenly:
   zombie that must be fenced);
 - ``stop-hsc``: SIGSTOP for longer than 3 heartbeat intervals, so executors
   lose their heartbeats and end themselves;
+- ``stop-controller``: SIGSTOP past the heartbeat timeout, then SIGCONT, so
+  tasks its claims started are handed on while their answers wait in it;
 - ``garbage``: undecodable records and malformed or oversized requests at
   every public interface (``torture.garbage``).
 
@@ -61,6 +63,7 @@ FAULT_KINDS = (
     "kill-frontend",
     "kill-hsc",
     "stop-hsc",
+    "stop-controller",
     "kill-controller",
     "kill-executor",
     "garbage",
@@ -321,6 +324,12 @@ class Injector:
             self._pause(2.0, 4.0)  # > 3 heartbeat intervals + a deadline: executors give up
             system.hsc.signal(signal.SIGCONT)
             return system.hsc.name, True
+        if kind == "stop-controller":
+            system.controller.signal(signal.SIGSTOP)
+            # Past the heartbeat timeout (3 s) and short of the session timeout.
+            self._pause(3.5, 5.0)
+            system.controller.signal(signal.SIGCONT)
+            return system.controller.name, True
         if kind == "kill-executor":
             victim = self.rng.choice([e for e in system.executors if e.alive] or system.executors)
             victim.kill()

@@ -28,7 +28,7 @@ def test_a_short_torture_run_loses_nothing_and_never_overlaps(
     # The waits after the load are bounded well inside the test's timeout, so
     # a system that stops making progress fails with the checker's report.
     options = Options(
-        duration=80.0,
+        duration=95.0,
         rate=3.0,
         seed=7,
         finish_timeout=40.0,
