@@ -463,8 +463,8 @@ class Executor:
             if self._stopping.wait(self.policy.heartbeat_interval_ms / 1000 / 3 * (attempt + 1)):
                 break
         log.warning(
-            "task %s (lease %d) not started: its first heartbeat failed; its claim timeout "
-            "will enqueue it again",
+            "task %s (lease %d) not started: its first heartbeat failed; its claim (or "
+            "heartbeat) timeout will enqueue it again",
             task.task_id,
             task.lease,
             extra=_context(task),
