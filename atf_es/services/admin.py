@@ -513,21 +513,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 self._overview = OverviewView(self.control.settings, self.control.bootstrap)
                 self._overview.start()
             view = self._overview
-        try:
-            view.catch_up(timeout=self._timeout(context))
-        except TimeoutError as exc:
-            abort(
-                context,
-                grpc.StatusCode.UNAVAILABLE,
-                f"the overview is still reading the task-events topic ({exc}); "
-                "it goes on from there: try again",
-            )
-        except KafkaException as exc:
-            abort(
-                context,
-                grpc.StatusCode.UNAVAILABLE,
-                f"cannot read the task-events topic from Kafka: {exc}",
-            )
+        self._read_to_end(view, "the overview", context)
         with self._control_lock:
             self._catch_up(context)
             defined = set(self.control.policies)
@@ -615,13 +601,20 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             if self._dead_letters is None:
                 self._dead_letters = DeadLetterView(self.control.settings, self.control.bootstrap)
             view = self._dead_letters
+        self._read_to_end(view, "the dead-letter view", context)
+        return view
+
+    def _read_to_end(
+        self, view: DeadLetterView | OverviewView, name: str, context: grpc.ServicerContext
+    ) -> None:
+        """``view`` read to the end of the task-events topic as it is now, or UNAVAILABLE."""
         try:
             view.catch_up(timeout=self._timeout(context))
         except TimeoutError as exc:
             abort(
                 context,
                 grpc.StatusCode.UNAVAILABLE,
-                f"the dead-letter view is still reading the task-events topic ({exc}); "
+                f"{name} is still reading the task-events topic ({exc}); "
                 "it goes on from there at the next call: try again",
             )
         except KafkaException as exc:
@@ -630,7 +623,6 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 grpc.StatusCode.UNAVAILABLE,
                 f"cannot read the task-events topic from Kafka: {exc}",
             )
-        return view
 
     def _gateway_for(self) -> CommandGateway:
         if self._gateway is not None:
