@@ -142,10 +142,16 @@ class Deployment:
         return [self.atf.schedule("mail", collection=collection, delay=delay) for _ in range(n)]
 
     def wait_all(self, task_ids: list[str], status: TaskStatus, timeout: float = 30) -> None:
-        def done() -> bool:
-            return all(self.atf.get(t).status is status for t in task_ids)
+        seen: list[TaskStatus] = []
 
-        wait_for(done, timeout, f"{len(task_ids)} tasks to be {status}", interval=0.1)
+        def done() -> bool:
+            seen[:] = [self.atf.get(t).status for t in task_ids]
+            return all(s is status for s in seen)
+
+        try:
+            wait_for(done, timeout, f"{len(task_ids)} tasks to be {status}", interval=0.1)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last seen: {[str(s) for s in seen]}") from None
 
     def wait_held(self, task_ids: list[str], gate: str, timeout: float = 30) -> list[TaskInfo]:
         """Until every task is due, past one processor poll, and still waiting under ``gate``."""
@@ -251,9 +257,12 @@ def test_drop_ends_due_tasks_dropped_naming_the_gate_and_spares_the_other_collec
             assert dropped.gate == "mail/news"
     finally:
         log.close()
-    # Tasks scheduled after a resume run again.
+    # Tasks due after a resume run again. A gate takes effect within one poll
+    # of the processor after SetGate returns (docs/gates.md), so they are due
+    # a second later, not at once: a task due before the processor read the
+    # resume would rightly be dropped.
     d.atf.resume("mail", "news")
-    later = d.schedule("news", 3)
+    later = d.schedule("news", 3, delay=1.0)
     d.wait_all(later, TaskStatus.SUCCESS)
 
 
