@@ -915,6 +915,7 @@ def _cmd_executor(args: argparse.Namespace, settings: Settings, out: TextIO) -> 
         args.hsc or settings.hsc_address,
         threads=args.threads,
         prefetch=bool(settings.executor_prefetch),
+        batch=settings.executor_batch,
         credentials=Credentials.from_settings(settings),
     )
     prefetch = ", prefetching" if settings.executor_prefetch else ""

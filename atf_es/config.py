@@ -176,6 +176,15 @@ class Settings:
     first heartbeat to start. 0 (the default): a thread claims a task only
     when it is free to run it, and that claim starts it (one transaction for
     both), which measured faster (docs/benchmarks.md)."""
+    executor_batch: int = 8
+    """The most tasks an executor thread without prefetch claims in one
+    ``NextWork``, all started by that one claim and run one after the other.
+    A thread asks for more than one only while the lambda's callbacks are
+    short: so many that the last waits at most 50 ms behind the others, by
+    the executor's running estimate of a callback's time (which jumps up on
+    a slow callback and comes down slowly). Only tasks already waiting in
+    the Controller are batched; an idle system still claims one at a time.
+    1: one task per claim."""
     dashboard_address: str = "127.0.0.1:7080"
     """host:port where ``atf-es dashboard`` serves the web dashboard."""
     metrics_address: str | None = None
@@ -257,6 +266,7 @@ class Settings:
             "commit_interval_ms": (0, 10_000),
             "priority_aging_ms": (1, DAY_MS),
             "executor_prefetch": (0, 1),
+            "executor_batch": (1, 100),
         }
         for name, (low, high) in limits.items():
             value = getattr(self, name)
@@ -327,6 +337,7 @@ _INT_FIELDS = {
     "commit_interval_ms",
     "priority_aging_ms",
     "executor_prefetch",
+    "executor_batch",
 }
 
 

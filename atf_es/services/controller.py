@@ -3,9 +3,11 @@
 It consumes the execution topics of the lambdas it serves (every priority)
 into local FIFO buffers, one per (lambda, priority), and answers the
 executors' ``NextWork`` long polls from them. An item is handed out only
-after the HSC accepted a ``ClaimTask`` for the asking worker; a refused claim
-(stale lease, wrong state, cancelled) means the item is a leftover from an
-earlier enqueue, and it is discarded.
+after the HSC accepted its claim for the asking worker (the items of one
+``NextWork`` are claimed in one ``ClaimTasks`` call, so the processor can
+record them in one transaction); a refused claim (stale lease, wrong state,
+cancelled) means the item is a leftover from an earlier enqueue, and it is
+discarded.
 
 Priority. ``NextWork`` takes from the highest non-empty priority level, and
 lambdas at the same level take turns: "higher runs first once ready", which
@@ -69,7 +71,7 @@ from atf_es.services.auth import OPEN, ServerSecurity
 from atf_es.services.channels import Credentials, service_channel
 from atf_es.services.control import ControlView
 from atf_es.services.grpc_server import GrpcServer, abort
-from atf_es.services.hsc import MAX_WORKER_CHARS, REFUSAL_CODES, REPLY_CODE_KEY
+from atf_es.services.hsc import MAX_WORKER_CHARS, REFUSAL_CODES
 from atf_es.topics import Topics
 
 __all__ = ["Controller", "ControllerStats", "PrioritySelector"]
@@ -611,60 +613,116 @@ class Controller:
         self._finished.put(entry)
 
     def _claim(
-        self, entry: _Buffered, worker: str, start: bool, context: grpc.ServicerContext
-    ) -> bool | None:
-        """Claim ``entry`` for ``worker``, ``start``-ed if asked: True claimed,
-        False refused, None HSC unreachable."""
+        self,
+        entries: list[_Buffered],
+        worker: str,
+        start: bool,
+        context: grpc.ServicerContext,
+    ) -> list[bool | None]:
+        """Claim ``entries`` for ``worker`` in one ``ClaimTasks`` call, ``start``-ed
+        if asked: per entry True claimed, False refused (or broken), None not
+        known after every attempt (the HSC or the processor is unreachable)."""
         hsc = self._hsc
         assert hsc is not None
-        request = worker_pb2.ClaimTaskRequest(
-            task_id=entry.item.task_id, lease=entry.item.lease, worker=worker, start=start
-        )
+        outcome: list[bool | None] = [None] * len(entries)
+        pending = list(range(len(entries)))
         for attempt in range(CLAIM_ATTEMPTS):
             remaining = context.time_remaining()
             timeout = CLAIM_DEADLINE_S if remaining is None else min(CLAIM_DEADLINE_S, remaining)
             if timeout <= 0 or self._stop.is_set():
-                return None
+                break
+            request = worker_pb2.ClaimTasksRequest(
+                claims=[
+                    worker_pb2.ClaimTaskRequest(
+                        task_id=entries[i].item.task_id,
+                        lease=entries[i].item.lease,
+                        worker=worker,
+                        start=start,
+                    )
+                    for i in pending
+                ]
+            )
+            failure = ""
             try:
-                hsc.ClaimTask(request, timeout=timeout)
+                replies = hsc.ClaimTasks(request, timeout=timeout).replies
             except grpc.RpcError as error:
                 code = error.code()
                 if code in REFUSAL_CODES or code in _BROKEN:
-                    reply_code = dict(error.trailing_metadata() or ()).get(REPLY_CODE_KEY)
-                    log.log(
-                        logging.WARNING if code in _BROKEN else logging.DEBUG,
-                        "claim refused: discarding %.200s lease %d: %s (%s)",
-                        entry.item.task_id,
-                        entry.item.lease,
-                        reply_code or code.name,
-                        error.details(),
-                        extra={
-                            "task_id": entry.item.task_id[:200],
-                            "lambda": entry.item.lambda_name,
-                            "lease": entry.item.lease,
-                            "worker": worker,
-                        },
-                    )
-                    return False
-                with self._lock:
-                    self.stats.claim_errors += 1
-                metrics.CONTROLLER_CLAIM_ERRORS.inc()
-                log.warning(
-                    "claiming %.200s lease %d (try %d of %d): %s %s",
-                    entry.item.task_id,
-                    entry.item.lease,
-                    attempt + 1,
-                    CLAIM_ATTEMPTS,
-                    code.name,
-                    error.details(),
-                )
-                # A retry by the same worker is accepted even if the first claim
-                # went through and only its reply was lost.
-                if self._stop.wait(CLAIM_RETRY_DELAY_S * 2**attempt):
-                    return None
-                continue
-            return True
-        return None
+                    # The call itself was refused: asking again fails the same way.
+                    for i in pending:
+                        outcome[i] = False
+                        self._refused(entries[i], worker, code.name, error.details(), code)
+                    return outcome
+                failure = f"{code.name} {error.details()}"
+                still = pending
+            else:
+                if len(replies) != len(pending):
+                    # An HSC bug: which claim went through is not known. Discarded
+                    # loudly, like a broken call; their claim timeouts enqueue them.
+                    for i in pending:
+                        outcome[i] = False
+                        self._refused(
+                            entries[i],
+                            worker,
+                            "MISMATCH",
+                            f"{len(replies)} replies to {len(pending)} claims",
+                            grpc.StatusCode.INTERNAL,
+                        )
+                    return outcome
+                still = []
+                for i, reply in zip(pending, replies, strict=True):
+                    if reply.code == common_pb2.REPLY_CODE_OK:
+                        outcome[i] = True
+                    elif reply.code == common_pb2.REPLY_CODE_UNSPECIFIED:
+                        still.append(i)
+                        failure = reply.message
+                    else:
+                        outcome[i] = False
+                        reason = common_pb2.ReplyCode.Name(reply.code).removeprefix("REPLY_CODE_")
+                        self._refused(entries[i], worker, reason, reply.message)
+            if not still:
+                return outcome
+            pending = still
+            with self._lock:
+                self.stats.claim_errors += len(pending)
+            metrics.CONTROLLER_CLAIM_ERRORS.inc(len(pending))
+            log.warning(
+                "claiming %d tasks, first %.200s lease %d (try %d of %d): %s",
+                len(pending),
+                entries[pending[0]].item.task_id,
+                entries[pending[0]].item.lease,
+                attempt + 1,
+                CLAIM_ATTEMPTS,
+                failure,
+            )
+            # A retry by the same worker is accepted even if the first claim
+            # went through and only its reply was lost.
+            if self._stop.wait(CLAIM_RETRY_DELAY_S * 2**attempt):
+                break
+        return outcome
+
+    def _refused(
+        self,
+        entry: _Buffered,
+        worker: str,
+        reason: str,
+        details: str | None,
+        code: grpc.StatusCode | None = None,
+    ) -> None:
+        log.log(
+            logging.WARNING if code in _BROKEN else logging.DEBUG,
+            "claim refused: discarding %.200s lease %d: %s (%s)",
+            entry.item.task_id,
+            entry.item.lease,
+            reason,
+            details,
+            extra={
+                "task_id": entry.item.task_id[:200],
+                "lambda": entry.item.lambda_name,
+                "lease": entry.item.lease,
+                "worker": worker,
+            },
+        )
 
     def next_work(
         self, request: worker_pb2.NextWorkRequest, context: grpc.ServicerContext
@@ -695,33 +753,34 @@ class Controller:
             )
         lambdas = frozenset(request.lambda_names or self.lambda_names)
         max_tasks = min(max(request.max_tasks, 1), MAX_TASKS_PER_CALL)
-        # A started item's heartbeat clock runs from its claim: only a worker
-        # that takes one item at a time runs it at once.
-        start = request.start and max_tasks == 1
         wait = min(request.wait_ms, MAX_WAIT_MS) / 1000
         remaining = context.time_remaining()
         if remaining is not None:
             wait = min(wait, max(0.0, remaining - 0.1))
         deadline = time.monotonic() + wait
-        items: list[common_pb2.WorkItem] = []
-        claimed_at = 0
-        while len(items) < max_tasks and context.is_active():
+        taken: list[_Buffered] = []
+        while len(taken) < max_tasks:
             # Wait only for the first item; then take what is already there.
-            entry = self._take(lambdas, deadline if not items else 0.0)
+            entry = self._take(lambdas, deadline if not taken else 0.0)
             if entry is None:
                 break
-            if not context.is_active():
-                # The worker went away while this poll waited (a killed executor's
-                # idle thread): claiming for it would hold the task until its claim
-                # timeout. Leave it for a live poll.
+            taken.append(entry)
+        if taken and not context.is_active():
+            # The worker went away while this poll waited (a killed executor's
+            # idle thread): claiming for it would hold the tasks until their
+            # claim timeout. Leave them for a live poll.
+            for entry in reversed(taken):
                 self._put_back(entry)
-                break
-            if not items:
-                claimed_at = now_ms()
-            claimed = self._claim(entry, request.worker, start, context)
+            taken = []
+        items: list[common_pb2.WorkItem] = []
+        claimed_at = now_ms()
+        outcomes = self._claim(taken, request.worker, request.start, context) if taken else []
+        unknown = [entry for entry, claimed in zip(taken, outcomes, strict=True) if claimed is None]
+        for entry in reversed(unknown):  # at the head of their buffers, in order
+            self._put_back(entry)
+        for entry, claimed in zip(taken, outcomes, strict=True):
             if claimed is None:
-                self._put_back(entry)
-                break
+                continue
             self._finish(entry)
             with self._lock:
                 if claimed:
@@ -738,7 +797,7 @@ class Controller:
                 request.worker,
                 len(items),
             )
-        if not (start and items):
+        if not (request.start and items):
             return worker_pb2.NextWorkResponse(items=items)
         return worker_pb2.NextWorkResponse(items=items, started=True, claimed_at_ms=claimed_at)
 

@@ -2,8 +2,14 @@
 
 Each thread loops ``w = next_work(); run(w)``, as in ATF. Running a task:
 
-1. a first ``Heartbeat`` moves it from claimed to processing; the callback is
-   called only after the HSC accepted it;
+1. a thread without prefetch asks ``NextWork`` for its tasks started: the
+   claim moves them enqueued -> claimed -> processing, and the callback runs
+   at once if the answer is fresh (``_fresh``). Otherwise, and for a
+   prefetched task, a first ``Heartbeat`` moves it from claimed to
+   processing (or checks that it is still ours), and the callback is called
+   only after the HSC accepted it. While the lambda's callbacks are short, a
+   thread claims several tasks in one ``NextWork`` (``_batch_size``) and runs
+   them one after the other;
 2. while the callback runs, a heartbeat thread beats every
    ``heartbeat_interval_ms``, each RPC with a deadline of half the smaller of
    the interval and the margin;
@@ -70,6 +76,12 @@ RESULT_ATTEMPTS = 5
 RESULT_DEADLINE_S = 10.0
 RESULT_BATCH = 200
 """Results sent in one ``SetResults`` call at most."""
+BATCH_WAIT_S = 0.05
+"""How long, by the estimate of a callback's time, the last task of a claimed
+batch may wait behind the others."""
+ESTIMATE_DECAY = 0.2
+"""How fast the estimate of a callback's time comes down (a slower callback
+raises it at once)."""
 
 # The HSC answered: this task is not ours to run any more.
 _OUTCOME_PROTO = {
@@ -106,6 +118,8 @@ class ExecutorStats:
     stopped: int = 0
     """Tasks whose work stopped because they were cancelled or their lease was lost."""
     not_started: int = 0
+    batches: int = 0
+    """``NextWork`` answers that brought more than one task."""
     heartbeats: int = 0
     heartbeat_failures: int = 0
     heartbeats_lost: int = 0
@@ -152,6 +166,7 @@ class Executor:
         worker_id: str | None = None,
         wait_ms: int = NEXT_WORK_WAIT_MS,
         prefetch: bool = False,
+        batch: int = 8,
         on_heartbeats_lost: Callable[[TaskContext], object] = exit_on_heartbeats_lost,
         credentials: Credentials = NO_CREDENTIALS,
     ) -> None:
@@ -164,6 +179,8 @@ class Executor:
             raise ValueError(f"threads must be at least 1, got {threads}")
         if wait_ms < 1:
             raise ValueError(f"wait_ms must be positive, got {wait_ms}")
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, got {batch}")
         self.policy: LambdaPolicy = registered.policy
         _check_heartbeat_policy(self.policy)
         self.fn: Callback = registered.fn
@@ -176,6 +193,11 @@ class Executor:
         self.prefetch = prefetch
         """Each thread claims its next task while it runs the current one
         (``Settings.executor_prefetch``; docs/benchmarks.md)."""
+        self.batch = batch
+        """The most tasks a thread without prefetch claims at once
+        (``Settings.executor_batch``)."""
+        self._run_estimate: float | None = None
+        """Seconds a callback takes, as far as this executor has seen."""
         self.on_heartbeats_lost = on_heartbeats_lost
         self._credentials = credentials
         # The policy guarantees heartbeat_timeout > 3 x interval + margin, and the
@@ -338,6 +360,8 @@ class Executor:
                 self._stopping.wait(delay)
                 continue
             errors = 0
+            if len(items) > 1:
+                self._count(batches=1)
             for index, item in enumerate(items):
                 if self.prefetch and index == len(items) - 1 and not self._stopping.is_set():
                     # The claim of the next task overlaps this one's start and
@@ -358,7 +382,7 @@ class Executor:
         # can start it: one round trip (the first heartbeat) fewer per task.
         request = worker_pb2.NextWorkRequest(
             worker=worker,
-            max_tasks=1,
+            max_tasks=self._batch_size(),
             wait_ms=self.wait_ms,
             lambda_names=[self.lambda_name],
             start=not self.prefetch,
@@ -369,6 +393,26 @@ class Executor:
         if self._stopping.is_set():
             call.cancel()
         return call
+
+    def _batch_size(self) -> int:
+        """How many tasks a thread asks for: more than one only without
+        prefetch, and only so many that, by the estimate of a callback's time,
+        the last starts within ``BATCH_WAIT_S`` -- and far within the
+        freshness window of a started claim (``_fresh``)."""
+        estimate = self._run_estimate
+        if self.prefetch or self.batch == 1 or estimate is None:
+            return 1
+        wait = min(BATCH_WAIT_S, self.heartbeat_deadline / 4)
+        return max(1, min(self.batch, 1 + int(wait / max(estimate, 1e-6))))
+
+    def _estimate(self, seconds: float) -> None:
+        """Count a callback's time into the estimate: a slower one at once, a
+        faster one by ``ESTIMATE_DECAY``."""
+        estimate = self._run_estimate
+        if estimate is None or seconds >= estimate:
+            self._run_estimate = seconds
+        else:
+            self._run_estimate = estimate + (seconds - estimate) * ESTIMATE_DECAY
 
     def _answer(self, call: grpc.Future) -> tuple[list[common_pb2.WorkItem], int | None]:
         """The items of a NextWork call, and when they were claimed started (or None)."""
@@ -413,7 +457,9 @@ class Executor:
         try:
             began = time.perf_counter()
             outcome, error, result = self._call(task)
-            self._run_seconds.observe(time.perf_counter() - began)
+            seconds = time.perf_counter() - began
+            self._run_seconds.observe(seconds)
+            self._estimate(seconds)
             returned.set()
             if not task.cancelled.is_set():
                 with self._lock:

@@ -5,15 +5,16 @@ Each call becomes a command through the processor and waits for its reply
 single-task call ends with a gRPC status and a sentence; the precise
 ``ReplyCode`` travels in the trailing metadata key ``atf-reply-code`` so an
 executor can tell "cancelled: stop" from "stale lease: stop" from a transient
-failure. ``SetResults`` is a batch and answers one reply per result.
+failure. ``SetResults`` and ``ClaimTasks`` are batches and answer one reply
+per item.
 
 Requests are checked before anything is sent: a task id longer than the
 processor ever accepts (``MAX_TASK_ID_CHARS``), a worker name longer than
-``MAX_WORKER_CHARS`` or more than ``MAX_RESULTS`` results in one call end in
-``INVALID_ARGUMENT``; an error text longer than ``MAX_ERROR_CHARS`` is cut
-(it is a message for a human, and refusing it would lose the result). A
-command too large for Kafka is ``INVALID_ARGUMENT`` too (per result in
-``SetResults``: ``REPLY_CODE_INVALID``), never a retryable error.
+``MAX_WORKER_CHARS``, or more than ``MAX_RESULTS`` results or ``MAX_CLAIMS``
+claims in one call end in ``INVALID_ARGUMENT``; an error text longer than
+``MAX_ERROR_CHARS`` is cut (it is a message for a human, and refusing it
+would lose the result). A command too large for Kafka is ``INVALID_ARGUMENT`` too (per item in a
+batch: ``REPLY_CODE_INVALID``), never a retryable error.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ MAX_WORKER_CHARS = 512
 MAX_ERROR_CHARS = 4_000
 """As the executor cuts its own error texts."""
 MAX_RESULTS = 1_000
+MAX_CLAIMS = 100
+"""As many as a Controller claims for one ``NextWork``."""
 _STATUS = {
     ReplyCode.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     ReplyCode.STALE_LEASE: grpc.StatusCode.FAILED_PRECONDITION,
@@ -178,6 +181,35 @@ class HeartbeatStatusService(worker_pb2_grpc.HeartbeatStatusServicer):  # type: 
                     result.result if result.HasField("result") else None,
                 )
             )
+        return worker_pb2.SetResultsResponse(replies=self._send_all(commands, context))
+
+    def ClaimTasks(
+        self, request: worker_pb2.ClaimTasksRequest, context: grpc.ServicerContext
+    ) -> worker_pb2.ClaimTasksResponse:
+        if len(request.claims) > MAX_CLAIMS:
+            abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"claims holds {len(request.claims)} claims; a call takes at most {MAX_CLAIMS}",
+            )
+        commands: list[Command] = []
+        for index, claim in enumerate(request.claims):
+            where = f"claims[{index}]"
+            _require_ids(context, claim.task_id, claim.worker, f"{where}.")
+            _require_lease(context, claim.lease, f"{where}.lease")
+            commands.append(
+                ClaimTask(_new_id(), claim.task_id, claim.lease, claim.worker, claim.start)
+            )
+        replies = self._send_all(commands, context, refusals="claim")
+        return worker_pb2.ClaimTasksResponse(replies=replies)
+
+    def _send_all(
+        self, commands: list[Command], context: grpc.ServicerContext, refusals: str | None = None
+    ) -> list[common_pb2.CommandReply]:
+        """One reply per command, in order: the processor's, ``INVALID`` for a
+        command Kafka cannot take, ``UNSPECIFIED`` (not known) for one Kafka or
+        the processor did not answer in time. ``refusals``: the call whose
+        refusals to count."""
         replies: list[common_pb2.CommandReply] = []
         for command, outcome_or_error in zip(
             commands,
@@ -185,6 +217,8 @@ class HeartbeatStatusService(worker_pb2_grpc.HeartbeatStatusServicer):  # type: 
             strict=True,
         ):
             if isinstance(outcome_or_error, Reply):
+                if refusals is not None and not outcome_or_error.accepted:
+                    metrics.HSC_REFUSALS.labels(refusals, outcome_or_error.code.value).inc()
                 replies.append(reply_to_proto(outcome_or_error))
             elif isinstance(outcome_or_error, CommandRejectedError):
                 replies.append(
@@ -202,7 +236,7 @@ class HeartbeatStatusService(worker_pb2_grpc.HeartbeatStatusServicer):  # type: 
                         message=str(outcome_or_error),
                     )
                 )
-        return worker_pb2.SetResultsResponse(replies=replies)
+        return replies
 
 
 def _require_ids(context: grpc.ServicerContext, task_id: str, worker: str, where: str = "") -> None:

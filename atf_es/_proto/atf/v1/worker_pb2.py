@@ -25,35 +25,39 @@ _sym_db = _symbol_database.Default()
 from atf_es._proto.atf.v1 import common_pb2 as atf_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x61tf/v1/worker.proto\x12\x06\x61tf.v1\x1a\x13\x61tf/v1/common.proto\"Q\n\x10\x43laimTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05lease\x18\x02 \x01(\x03\x12\x0e\n\x06worker\x18\x03 \x01(\t\x12\r\n\x05start\x18\x04 \x01(\x08\"8\n\x11\x43laimTaskResponse\x12#\n\x05reply\x18\x01 \x01(\x0b\x32\x14.atf.v1.CommandReply\"B\n\x10HeartbeatRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05lease\x18\x02 \x01(\x03\x12\x0e\n\x06worker\x18\x03 \x01(\t\"8\n\x11HeartbeatResponse\x12#\n\x05reply\x18\x01 \x01(\x0b\x32\x14.atf.v1.CommandReply\"\x9c\x01\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05lease\x18\x02 \x01(\x03\x12\x0e\n\x06worker\x18\x03 \x01(\t\x12 \n\x07outcome\x18\x04 \x01(\x0e\x32\x0f.atf.v1.Outcome\x12\x12\n\x05\x65rror\x18\x05 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x06result\x18\x06 \x01(\x0cH\x01\x88\x01\x01\x42\x08\n\x06_errorB\t\n\x07_result\"8\n\x11SetResultsRequest\x12#\n\x07results\x18\x01 \x03(\x0b\x32\x12.atf.v1.TaskResult\";\n\x12SetResultsResponse\x12%\n\x07replies\x18\x01 \x03(\x0b\x32\x14.atf.v1.CommandReply\"j\n\x0fNextWorkRequest\x12\x0e\n\x06worker\x18\x01 \x01(\t\x12\x11\n\tmax_tasks\x18\x02 \x01(\x05\x12\x0f\n\x07wait_ms\x18\x03 \x01(\x03\x12\x14\n\x0clambda_names\x18\x04 \x03(\t\x12\r\n\x05start\x18\x05 \x01(\x08\"[\n\x10NextWorkResponse\x12\x1f\n\x05items\x18\x01 \x03(\x0b\x32\x10.atf.v1.WorkItem\x12\x0f\n\x07started\x18\x02 \x01(\x08\x12\x15\n\rclaimed_at_ms\x18\x03 \x01(\x03*a\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n\x0fOUTCOME_SUCCESS\x10\x01\x12\x15\n\x11OUTCOME_RETRIABLE\x10\x02\x12\x11\n\rOUTCOME_FATAL\x10\x03\x32\xda\x01\n\x0fHeartbeatStatus\x12@\n\tClaimTask\x12\x18.atf.v1.ClaimTaskRequest\x1a\x19.atf.v1.ClaimTaskResponse\x12@\n\tHeartbeat\x12\x18.atf.v1.HeartbeatRequest\x1a\x19.atf.v1.HeartbeatResponse\x12\x43\n\nSetResults\x12\x19.atf.v1.SetResultsRequest\x1a\x1a.atf.v1.SetResultsResponse2K\n\nController\x12=\n\x08NextWork\x12\x17.atf.v1.NextWorkRequest\x1a\x18.atf.v1.NextWorkResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x61tf/v1/worker.proto\x12\x06\x61tf.v1\x1a\x13\x61tf/v1/common.proto\"Q\n\x10\x43laimTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05lease\x18\x02 \x01(\x03\x12\x0e\n\x06worker\x18\x03 \x01(\t\x12\r\n\x05start\x18\x04 \x01(\x08\"8\n\x11\x43laimTaskResponse\x12#\n\x05reply\x18\x01 \x01(\x0b\x32\x14.atf.v1.CommandReply\"=\n\x11\x43laimTasksRequest\x12(\n\x06\x63laims\x18\x01 \x03(\x0b\x32\x18.atf.v1.ClaimTaskRequest\";\n\x12\x43laimTasksResponse\x12%\n\x07replies\x18\x01 \x03(\x0b\x32\x14.atf.v1.CommandReply\"B\n\x10HeartbeatRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05lease\x18\x02 \x01(\x03\x12\x0e\n\x06worker\x18\x03 \x01(\t\"8\n\x11HeartbeatResponse\x12#\n\x05reply\x18\x01 \x01(\x0b\x32\x14.atf.v1.CommandReply\"\x9c\x01\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05lease\x18\x02 \x01(\x03\x12\x0e\n\x06worker\x18\x03 \x01(\t\x12 \n\x07outcome\x18\x04 \x01(\x0e\x32\x0f.atf.v1.Outcome\x12\x12\n\x05\x65rror\x18\x05 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x06result\x18\x06 \x01(\x0cH\x01\x88\x01\x01\x42\x08\n\x06_errorB\t\n\x07_result\"8\n\x11SetResultsRequest\x12#\n\x07results\x18\x01 \x03(\x0b\x32\x12.atf.v1.TaskResult\";\n\x12SetResultsResponse\x12%\n\x07replies\x18\x01 \x03(\x0b\x32\x14.atf.v1.CommandReply\"j\n\x0fNextWorkRequest\x12\x0e\n\x06worker\x18\x01 \x01(\t\x12\x11\n\tmax_tasks\x18\x02 \x01(\x05\x12\x0f\n\x07wait_ms\x18\x03 \x01(\x03\x12\x14\n\x0clambda_names\x18\x04 \x03(\t\x12\r\n\x05start\x18\x05 \x01(\x08\"[\n\x10NextWorkResponse\x12\x1f\n\x05items\x18\x01 \x03(\x0b\x32\x10.atf.v1.WorkItem\x12\x0f\n\x07started\x18\x02 \x01(\x08\x12\x15\n\rclaimed_at_ms\x18\x03 \x01(\x03*a\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n\x0fOUTCOME_SUCCESS\x10\x01\x12\x15\n\x11OUTCOME_RETRIABLE\x10\x02\x12\x11\n\rOUTCOME_FATAL\x10\x03\x32\x9f\x02\n\x0fHeartbeatStatus\x12@\n\tClaimTask\x12\x18.atf.v1.ClaimTaskRequest\x1a\x19.atf.v1.ClaimTaskResponse\x12\x43\n\nClaimTasks\x12\x19.atf.v1.ClaimTasksRequest\x1a\x1a.atf.v1.ClaimTasksResponse\x12@\n\tHeartbeat\x12\x18.atf.v1.HeartbeatRequest\x1a\x19.atf.v1.HeartbeatResponse\x12\x43\n\nSetResults\x12\x19.atf.v1.SetResultsRequest\x1a\x1a.atf.v1.SetResultsResponse2K\n\nController\x12=\n\x08NextWork\x12\x17.atf.v1.NextWorkRequest\x1a\x18.atf.v1.NextWorkResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'atf.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTCOME']._serialized_start=798
-  _globals['_OUTCOME']._serialized_end=895
+  _globals['_OUTCOME']._serialized_start=922
+  _globals['_OUTCOME']._serialized_end=1019
   _globals['_CLAIMTASKREQUEST']._serialized_start=52
   _globals['_CLAIMTASKREQUEST']._serialized_end=133
   _globals['_CLAIMTASKRESPONSE']._serialized_start=135
   _globals['_CLAIMTASKRESPONSE']._serialized_end=191
-  _globals['_HEARTBEATREQUEST']._serialized_start=193
-  _globals['_HEARTBEATREQUEST']._serialized_end=259
-  _globals['_HEARTBEATRESPONSE']._serialized_start=261
-  _globals['_HEARTBEATRESPONSE']._serialized_end=317
-  _globals['_TASKRESULT']._serialized_start=320
-  _globals['_TASKRESULT']._serialized_end=476
-  _globals['_SETRESULTSREQUEST']._serialized_start=478
-  _globals['_SETRESULTSREQUEST']._serialized_end=534
-  _globals['_SETRESULTSRESPONSE']._serialized_start=536
-  _globals['_SETRESULTSRESPONSE']._serialized_end=595
-  _globals['_NEXTWORKREQUEST']._serialized_start=597
-  _globals['_NEXTWORKREQUEST']._serialized_end=703
-  _globals['_NEXTWORKRESPONSE']._serialized_start=705
-  _globals['_NEXTWORKRESPONSE']._serialized_end=796
-  _globals['_HEARTBEATSTATUS']._serialized_start=898
-  _globals['_HEARTBEATSTATUS']._serialized_end=1116
-  _globals['_CONTROLLER']._serialized_start=1118
-  _globals['_CONTROLLER']._serialized_end=1193
+  _globals['_CLAIMTASKSREQUEST']._serialized_start=193
+  _globals['_CLAIMTASKSREQUEST']._serialized_end=254
+  _globals['_CLAIMTASKSRESPONSE']._serialized_start=256
+  _globals['_CLAIMTASKSRESPONSE']._serialized_end=315
+  _globals['_HEARTBEATREQUEST']._serialized_start=317
+  _globals['_HEARTBEATREQUEST']._serialized_end=383
+  _globals['_HEARTBEATRESPONSE']._serialized_start=385
+  _globals['_HEARTBEATRESPONSE']._serialized_end=441
+  _globals['_TASKRESULT']._serialized_start=444
+  _globals['_TASKRESULT']._serialized_end=600
+  _globals['_SETRESULTSREQUEST']._serialized_start=602
+  _globals['_SETRESULTSREQUEST']._serialized_end=658
+  _globals['_SETRESULTSRESPONSE']._serialized_start=660
+  _globals['_SETRESULTSRESPONSE']._serialized_end=719
+  _globals['_NEXTWORKREQUEST']._serialized_start=721
+  _globals['_NEXTWORKREQUEST']._serialized_end=827
+  _globals['_NEXTWORKRESPONSE']._serialized_start=829
+  _globals['_NEXTWORKRESPONSE']._serialized_end=920
+  _globals['_HEARTBEATSTATUS']._serialized_start=1022
+  _globals['_HEARTBEATSTATUS']._serialized_end=1309
+  _globals['_CONTROLLER']._serialized_start=1311
+  _globals['_CONTROLLER']._serialized_end=1386
 # @@protoc_insertion_point(module_scope)

@@ -37,6 +37,18 @@ class ClaimTaskResponse(_message.Message):
     reply: _common_pb2.CommandReply
     def __init__(self, reply: _Optional[_Union[_common_pb2.CommandReply, _Mapping]] = ...) -> None: ...
 
+class ClaimTasksRequest(_message.Message):
+    __slots__ = ("claims",)
+    CLAIMS_FIELD_NUMBER: _ClassVar[int]
+    claims: _containers.RepeatedCompositeFieldContainer[ClaimTaskRequest]
+    def __init__(self, claims: _Optional[_Iterable[_Union[ClaimTaskRequest, _Mapping]]] = ...) -> None: ...
+
+class ClaimTasksResponse(_message.Message):
+    __slots__ = ("replies",)
+    REPLIES_FIELD_NUMBER: _ClassVar[int]
+    replies: _containers.RepeatedCompositeFieldContainer[_common_pb2.CommandReply]
+    def __init__(self, replies: _Optional[_Iterable[_Union[_common_pb2.CommandReply, _Mapping]]] = ...) -> None: ...
+
 class HeartbeatRequest(_message.Message):
     __slots__ = ("task_id", "lease", "worker")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]

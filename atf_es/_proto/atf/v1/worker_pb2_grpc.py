@@ -40,6 +40,11 @@ class HeartbeatStatusStub:
                 request_serializer=atf_dot_v1_dot_worker__pb2.ClaimTaskRequest.SerializeToString,
                 response_deserializer=atf_dot_v1_dot_worker__pb2.ClaimTaskResponse.FromString,
                 _registered_method=True)
+        self.ClaimTasks = channel.unary_unary(
+                '/atf.v1.HeartbeatStatus/ClaimTasks',
+                request_serializer=atf_dot_v1_dot_worker__pb2.ClaimTasksRequest.SerializeToString,
+                response_deserializer=atf_dot_v1_dot_worker__pb2.ClaimTasksResponse.FromString,
+                _registered_method=True)
         self.Heartbeat = channel.unary_unary(
                 '/atf.v1.HeartbeatStatus/Heartbeat',
                 request_serializer=atf_dot_v1_dot_worker__pb2.HeartbeatRequest.SerializeToString,
@@ -58,6 +63,15 @@ class HeartbeatStatusServicer:
 
     def ClaimTask(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClaimTasks(self, request, context):
+        """Several claims in one call (a Controller answering a NextWork for more
+        than one task); one reply per claim, in request order. The claims are
+        sent together, so the processor can record them in one transaction.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -82,6 +96,11 @@ def add_HeartbeatStatusServicer_to_server(servicer, server):
                     servicer.ClaimTask,
                     request_deserializer=atf_dot_v1_dot_worker__pb2.ClaimTaskRequest.FromString,
                     response_serializer=atf_dot_v1_dot_worker__pb2.ClaimTaskResponse.SerializeToString,
+            ),
+            'ClaimTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimTasks,
+                    request_deserializer=atf_dot_v1_dot_worker__pb2.ClaimTasksRequest.FromString,
+                    response_serializer=atf_dot_v1_dot_worker__pb2.ClaimTasksResponse.SerializeToString,
             ),
             'Heartbeat': grpc.unary_unary_rpc_method_handler(
                     servicer.Heartbeat,
@@ -122,6 +141,33 @@ class HeartbeatStatus:
             '/atf.v1.HeartbeatStatus/ClaimTask',
             atf_dot_v1_dot_worker__pb2.ClaimTaskRequest.SerializeToString,
             atf_dot_v1_dot_worker__pb2.ClaimTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atf.v1.HeartbeatStatus/ClaimTasks',
+            atf_dot_v1_dot_worker__pb2.ClaimTasksRequest.SerializeToString,
+            atf_dot_v1_dot_worker__pb2.ClaimTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,
