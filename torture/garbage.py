@@ -491,6 +491,7 @@ SERVICES: dict[str, tuple[str, tuple[_Method, ...]]] = {
         "atf.v1.HeartbeatStatus",
         (
             _Method("ClaimTask", worker_pb2.ClaimTaskRequest, worker_pb2.ClaimTaskResponse),
+            _Method("ClaimTasks", worker_pb2.ClaimTasksRequest, worker_pb2.ClaimTasksResponse),
             _Method("Heartbeat", worker_pb2.HeartbeatRequest, worker_pb2.HeartbeatResponse),
             _Method("SetResults", worker_pb2.SetResultsRequest, worker_pb2.SetResultsResponse),
         ),
@@ -653,6 +654,37 @@ def _absurd_requests(method: str, rng: random.Random) -> list[tuple[str, Any]]:
                 ("huge task id", message(task_id=long, lease=1, worker="g")),
                 ("huge worker", message(task_id=_rid(rng), lease=1, worker=long)),
                 ("unknown task", message(task_id=_rid(rng), lease=_INT64_MAX, worker="g")),
+            ]
+        case "ClaimTasks":
+            claim = worker_pb2.ClaimTaskRequest
+            return [
+                (
+                    "too many claims",
+                    worker_pb2.ClaimTasksRequest(
+                        claims=[claim(task_id="t", lease=1, worker="g")] * 101
+                    ),
+                ),
+                (
+                    "bad lease",
+                    worker_pb2.ClaimTasksRequest(
+                        claims=[claim(task_id=_rid(rng), lease=lease, worker="g", start=True)]
+                    ),
+                ),
+                (
+                    "huge worker",
+                    worker_pb2.ClaimTasksRequest(
+                        claims=[claim(task_id=_rid(rng), lease=1, worker=long)]
+                    ),
+                ),
+                (
+                    "unknown tasks",
+                    worker_pb2.ClaimTasksRequest(
+                        claims=[
+                            claim(task_id=_rid(rng), lease=_INT64_MAX, worker="g", start=True),
+                            claim(task_id=_rid(rng), lease=1, worker="g"),
+                        ]
+                    ),
+                ),
             ]
         case "SetResults":
             result = worker_pb2.TaskResult

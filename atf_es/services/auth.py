@@ -77,6 +77,7 @@ METHOD_ROLES: Mapping[str, frozenset[str]] = {
     _ADMIN + "ListPeriodic": _LIST,
     _ADMIN + "Overview": _LIST,
     "/atf.v1.HeartbeatStatus/ClaimTask": _WORKER,
+    "/atf.v1.HeartbeatStatus/ClaimTasks": _WORKER,
     "/atf.v1.HeartbeatStatus/Heartbeat": _WORKER,
     "/atf.v1.HeartbeatStatus/SetResults": _WORKER,
     "/atf.v1.Controller/NextWork": _WORKER,

@@ -308,6 +308,10 @@ EXPECTED_CODES = {
     "Heartbeat: huge task id": "INVALID_ARGUMENT",
     "Heartbeat: huge worker": "INVALID_ARGUMENT",
     "Heartbeat: unknown task": "NOT_FOUND",
+    "ClaimTasks: too many claims": "INVALID_ARGUMENT",
+    "ClaimTasks: bad lease": "INVALID_ARGUMENT",
+    "ClaimTasks: huge worker": "INVALID_ARGUMENT",
+    "ClaimTasks: unknown tasks": "OK",
     "SetResults: too many results": "INVALID_ARGUMENT",
     "SetResults: unknown outcome": "INVALID_ARGUMENT",
     "SetResults: bad lease": "INVALID_ARGUMENT",
@@ -387,6 +391,9 @@ def test_garbage_at_the_hsc_gets_clear_statuses_and_a_claim_still_works(system: 
     results = next(a for a in answers if a.method.startswith("SetResults: huge error"))
     assert "[0] REPLY_CODE_NOT_FOUND" in results.details, results
     assert "[1] REPLY_CODE_INVALID" in results.details, results  # too large for Kafka
+    claims = next(a for a in answers if a.method == "ClaimTasks: unknown tasks")
+    assert "[0] REPLY_CODE_NOT_FOUND" in claims.details, claims
+    assert "[1] REPLY_CODE_NOT_FOUND" in claims.details, claims
 
     task_id = system.schedule("plain")
     hsc = worker_pb2_grpc.HeartbeatStatusStub(system.channel_to(system.hsc_address))

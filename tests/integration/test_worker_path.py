@@ -288,6 +288,63 @@ def test_a_started_claim_that_arrives_after_its_lease_was_handed_on_is_not_run(
     assert system.recorder.runs == [task_id], "it ran once, on its new lease"
 
 
+def test_a_thread_claims_short_tasks_several_at_a_time_and_the_claim_starts_them(
+    system: System,
+) -> None:
+    """Batched claims: once the executor has seen that ``ok``'s callbacks are
+    short, its one thread takes what waits in the Controller in one NextWork."""
+    executor = system.executor("ok", threads=1)
+    system.wait_status(system.schedule("ok", b"warm-up"), TaskStatus.SUCCESS)
+    task_ids = [uuid.uuid4().hex for _ in range(12)]
+    replies = system.gateway.send_many(
+        [
+            ScheduleTask(uuid.uuid4().hex, task_id, "ok", "default", 0, b"b", now_ms())
+            for task_id in task_ids
+        ],
+        timeout=20,
+    )
+    assert all(isinstance(r, Reply) and r.accepted for r in replies), replies
+    for task_id in task_ids:
+        assert system.wait_status(task_id, TaskStatus.SUCCESS).attempts == 1
+    assert executor.stats.batches >= 1, "every NextWork brought one task"
+    assert executor.stats.not_started == 0
+    assert system.settings.kafka_bootstrap is not None
+    for task_id in task_ids:
+        recorded = read_task_events(system.settings, system.settings.kafka_bootstrap, task_id)
+        causes = {type(r.event).__name__: r.event.cause.name for r in recorded}
+        assert (causes["TaskClaimed"], causes["TaskStarted"]) == ("ClaimTask", "ClaimTask")
+
+
+def test_a_batched_task_reached_after_its_lease_was_handed_on_is_not_run(system: System) -> None:
+    """Two tasks claimed started in one NextWork; the first runs past the
+    heartbeat timeout, which hands the second (no heartbeats while it waits)
+    on. The thread must not run the second on its old lease, only on the new."""
+    first, second = system.schedule("held", b"block"), system.schedule("held", b"block")
+    wait_for(lambda: system.controller.buffered().get(("held", 0)) == 2, 20, "both to be buffered")
+    executor = Executor(
+        system.app,
+        "held",
+        f"127.0.0.1:{system.controller.port}",
+        system.hsc_address,
+        threads=1,
+        wait_ms=1_000,
+        on_heartbeats_lost=system.unexpected_losses.append,
+    )
+    executor._run_estimate = 0.001  # as after short callbacks: it asks for several
+    system.executors.append(executor)
+    executor.start()
+    assert system.recorder.started.wait(15), "the first task did not start"
+    wait_for(lambda: executor.stats.batches == 1, 5, "the two to come in one answer")
+    running = system.recorder.runs[0]
+    waiting = second if running == first else first
+    wait_for(lambda: system.task(waiting).lease == 2, 20, "the heartbeat timeout to hand it on")
+    system.recorder.release.set()
+    assert system.wait_status(running, TaskStatus.SUCCESS).lease == 1
+    assert system.wait_status(waiting, TaskStatus.SUCCESS).lease == 2
+    assert system.recorder.runs == [running, waiting], "each ran once; the second on lease 2"
+    assert executor.stats.not_started == 1, "its heartbeat on the old lease was refused"
+
+
 def test_a_retriable_error_is_retried_until_success(system: System) -> None:
     system.executor("flaky")
     task_id = system.schedule("flaky")
