@@ -71,7 +71,7 @@ from atf_es.services.auth import OPEN, ServerSecurity
 from atf_es.services.channels import Credentials, service_channel
 from atf_es.services.control import ControlView
 from atf_es.services.grpc_server import GrpcServer, abort
-from atf_es.services.hsc import MAX_WORKER_CHARS, REFUSAL_CODES
+from atf_es.services.hsc import MAX_WORKER_CHARS, REFUSAL_CODES, REPLY_CODE_KEY
 from atf_es.topics import Topics
 
 __all__ = ["Controller", "ControllerStats", "PrioritySelector"]
@@ -83,6 +83,8 @@ MAX_WAIT_MS = 60_000
 CLAIM_DEADLINE_S = 5.0
 CLAIM_ATTEMPTS = 3
 CLAIM_RETRY_DELAY_S = 0.1
+ONE_BY_ONE_S = 60
+"""How long to claim one task per call after an HSC did not know ``ClaimTasks``."""
 POLL_TIMEOUT_S = 0.05
 
 # A claim refused for good (hsc.REFUSAL_CODES: the item is a leftover, or its
@@ -286,6 +288,9 @@ class Controller:
         self._server: GrpcServer | None = None
         self._channel: grpc.Channel | None = None
         self._hsc: worker_pb2_grpc.HeartbeatStatusStub | None = None
+        self._one_by_one_until = 0.0
+        """``time.monotonic()`` until which claims go one ``ClaimTask`` each: the
+        HSC answered ``ClaimTasks`` with UNIMPLEMENTED (it is older)."""
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._unregister: Callable[[], None] | None = None
@@ -644,7 +649,7 @@ class Controller:
             )
             failure = ""
             try:
-                replies = hsc.ClaimTasks(request, timeout=timeout).replies
+                replies = self._claim_tasks(hsc, request, timeout)
             except grpc.RpcError as error:
                 code = error.code()
                 if code in REFUSAL_CODES or code in _BROKEN:
@@ -700,6 +705,28 @@ class Controller:
             if self._stop.wait(CLAIM_RETRY_DELAY_S * 2**attempt):
                 break
         return outcome
+
+    def _claim_tasks(
+        self,
+        hsc: worker_pb2_grpc.HeartbeatStatusStub,
+        request: worker_pb2.ClaimTasksRequest,
+        timeout: float,
+    ) -> Sequence[common_pb2.CommandReply]:
+        """``ClaimTasks``, or one ``ClaimTask`` per claim through an older HSC."""
+        if time.monotonic() >= self._one_by_one_until:
+            try:
+                return hsc.ClaimTasks(request, timeout=timeout).replies  # type: ignore[no-any-return]
+            except grpc.RpcError as error:
+                if error.code() is not grpc.StatusCode.UNIMPLEMENTED:
+                    raise
+            log.warning(
+                "the HSC at %s does not serve ClaimTasks (it is older than this Controller): "
+                "claiming one task per call for the next %d s; upgrade the HSCs",
+                self.hsc_address,
+                ONE_BY_ONE_S,
+            )
+            self._one_by_one_until = time.monotonic() + ONE_BY_ONE_S
+        return _one_by_one(hsc, request, timeout)
 
     def _refused(
         self,
@@ -800,6 +827,37 @@ class Controller:
         if not (request.start and items):
             return worker_pb2.NextWorkResponse(items=items)
         return worker_pb2.NextWorkResponse(items=items, started=True, claimed_at_ms=claimed_at)
+
+
+def _one_by_one(
+    hsc: worker_pb2_grpc.HeartbeatStatusStub, request: worker_pb2.ClaimTasksRequest, timeout: float
+) -> list[common_pb2.CommandReply]:
+    """The replies ``ClaimTasks`` would give, from one ``ClaimTask`` per claim."""
+    deadline = time.monotonic() + timeout
+    replies: list[common_pb2.CommandReply] = []
+    for claim in request.claims:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            message = "no time left to claim it"
+            replies.append(common_pb2.CommandReply(task_id=claim.task_id, message=message))
+            continue
+        try:
+            replies.append(hsc.ClaimTask(claim, timeout=remaining).reply)
+        except grpc.RpcError as error:
+            code = error.code()
+            if code in REFUSAL_CODES or code in _BROKEN:
+                name = dict(error.trailing_metadata() or ()).get(REPLY_CODE_KEY, "INVALID")
+                reply_code = common_pb2.ReplyCode.Value(f"REPLY_CODE_{name}")
+            else:
+                reply_code = common_pb2.REPLY_CODE_UNSPECIFIED
+            replies.append(
+                common_pb2.CommandReply(
+                    task_id=claim.task_id,
+                    code=reply_code,
+                    message=f"{code.name} {error.details()}",
+                )
+            )
+    return replies
 
 
 def _to_proto(item: WorkItem) -> common_pb2.WorkItem:

@@ -34,7 +34,7 @@ from atf_es.services.controller import Controller
 from atf_es.services.executor import EXIT_HEARTBEAT_LOST, Executor
 from atf_es.services.gateway import CommandGateway
 from atf_es.services.grpc_server import GrpcServer
-from atf_es.services.hsc import hsc_server
+from atf_es.services.hsc import HeartbeatStatusService, hsc_server
 from atf_es.services.processor import Processor
 from tests.helpers import wait_for
 from tests.kafka_harness import prepare
@@ -185,13 +185,13 @@ class System:
         assert found is not None
         return found
 
-    def start_controller(self, **options: Any) -> Controller:
+    def start_controller(self, hsc_address: str | None = None, **options: Any) -> Controller:
         assert self.settings.kafka_bootstrap is not None
         controller = Controller(
             self.settings,
             self.settings.kafka_bootstrap,
             list(self.app.lambdas),
-            self.hsc_address,
+            hsc_address or self.hsc_address,
             **{"controller_id": "test-controller", **options},
         )
         self.controllers.append(controller)
@@ -343,6 +343,41 @@ def test_a_batched_task_reached_after_its_lease_was_handed_on_is_not_run(system:
     assert system.wait_status(waiting, TaskStatus.SUCCESS).lease == 2
     assert system.recorder.runs == [running, waiting], "each ran once; the second on lease 2"
     assert executor.stats.not_started == 1, "its heartbeat on the old lease was refused"
+
+
+class _OlderHsc(HeartbeatStatusService):
+    """An HSC from before ClaimTasks: the generated base answers UNIMPLEMENTED."""
+
+    ClaimTasks = worker_pb2_grpc.HeartbeatStatusServicer.ClaimTasks
+
+
+def test_a_controller_claims_one_by_one_through_an_hsc_without_claim_tasks(
+    system: System,
+) -> None:
+    """A rolling upgrade that reached the Controller first loses nothing."""
+    older = _OlderHsc(system.gateway)
+    server = GrpcServer(
+        "older-hsc",
+        "127.0.0.1:0",
+        [lambda s: worker_pb2_grpc.add_HeartbeatStatusServicer_to_server(older, s)],
+        [worker_pb2.DESCRIPTOR.services_by_name["HeartbeatStatus"].full_name],
+    )
+    server.start()
+    try:
+        system.controller.stop()
+        system.controller = system.start_controller(hsc_address=f"127.0.0.1:{server.port}")
+        executor = system.executor("ok", threads=1)
+        system.wait_status(system.schedule("ok", b"warm-up"), TaskStatus.SUCCESS)
+        task_ids = [system.schedule("ok", b"b") for _ in range(6)]
+        for task_id in task_ids:
+            assert system.wait_status(task_id, TaskStatus.SUCCESS).attempts == 1
+        assert system.controller.stats.discarded == 0
+        assert executor.stats.not_started == 0
+    finally:
+        for executor in system.executors:
+            executor.stop(grace=2)
+        system.controller.stop()
+        server.stop()
 
 
 def test_a_retriable_error_is_retried_until_success(system: System) -> None:
