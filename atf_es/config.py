@@ -173,9 +173,9 @@ class Settings:
     path (like Celery's and Dramatiq's prefetch). The cost: a task claimed
     behind a callback that runs longer than the lambda's ``claim_timeout_ms``
     is enqueued again after that timeout, and the task still waits for its
-    first heartbeat to start. 0 (the default): a thread claims a task only
-    when it is free to run it, and that claim starts it (one transaction for
-    both), which measured faster (docs/benchmarks.md)."""
+    first heartbeat to start. 0 (the default): a thread claims tasks only
+    when it is free to run them, and that claim starts them (up to
+    ``executor_batch``), which measured faster (docs/benchmarks.md)."""
     executor_batch: int = 8
     """The most tasks an executor thread without prefetch claims in one
     ``NextWork``, all started by that one claim and run one after the other.
