@@ -227,6 +227,8 @@ class Executor:
         self._unregister: Callable[[], None] | None = None
         self._stats_lock = threading.Lock()
         self._stopping = threading.Event()
+        self._abandoning = threading.Event()
+        """Set when ``stop()``'s grace is over: no more tasks of a batch start."""
         self._threads: list[threading.Thread] = []
         self._calls: set[grpc.Future] = set()
         self._running: dict[str, TaskContext] = {}
@@ -276,8 +278,10 @@ class Executor:
     def stop(self, grace: float = 10.0) -> None:
         """Take no more work; give running tasks ``grace`` seconds, then ask them to stop.
 
-        Safe unstarted and twice. A task still running when this returns is
-        not reported; its heartbeat timeout gives it to another executor.
+        Safe unstarted and twice. A thread runs the rest of its claimed batch
+        within the grace, and starts none of it after. A task still running
+        when this returns is not reported, and one of a batch not started is
+        not run; their heartbeat timeout gives them to another executor.
         """
         self._stopping.set()
         with self._lock:
@@ -287,6 +291,7 @@ class Executor:
         deadline = time.monotonic() + grace
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        self._abandoning.set()
         with self._lock:
             running = list(self._running.values())
         for task in running:
@@ -363,6 +368,16 @@ class Executor:
             if len(items) > 1:
                 self._count(batches=1)
             for index, item in enumerate(items):
+                if self._abandoning.is_set():
+                    # stop()'s grace is over: what the batch has left is not
+                    # started here, and its heartbeat timeout enqueues it again.
+                    log.info(
+                        "executor %s stopping: %d claimed tasks not run; their heartbeat "
+                        "timeout will enqueue them again",
+                        self.worker_id,
+                        len(items) - index,
+                    )
+                    break
                 if self.prefetch and index == len(items) - 1 and not self._stopping.is_set():
                     # The claim of the next task overlaps this one's start and
                     # run: one processor round trip fewer on the thread's path.

@@ -152,12 +152,7 @@ class HeartbeatStatusService(worker_pb2_grpc.HeartbeatStatusServicer):  # type: 
     def SetResults(
         self, request: worker_pb2.SetResultsRequest, context: grpc.ServicerContext
     ) -> worker_pb2.SetResultsResponse:
-        if len(request.results) > MAX_RESULTS:
-            abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"results holds {len(request.results)} results; a call takes at most {MAX_RESULTS}",
-            )
+        _require_at_most(context, "results", len(request.results), MAX_RESULTS)
         commands: list[Command] = []
         for index, result in enumerate(request.results):
             where = f"results[{index}]"
@@ -186,12 +181,7 @@ class HeartbeatStatusService(worker_pb2_grpc.HeartbeatStatusServicer):  # type: 
     def ClaimTasks(
         self, request: worker_pb2.ClaimTasksRequest, context: grpc.ServicerContext
     ) -> worker_pb2.ClaimTasksResponse:
-        if len(request.claims) > MAX_CLAIMS:
-            abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"claims holds {len(request.claims)} claims; a call takes at most {MAX_CLAIMS}",
-            )
+        _require_at_most(context, "claims", len(request.claims), MAX_CLAIMS)
         commands: list[Command] = []
         for index, claim in enumerate(request.claims):
             where = f"claims[{index}]"
@@ -252,6 +242,15 @@ def _require_ids(context: grpc.ServicerContext, task_id: str, worker: str, where
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"{where}{name} must be at most {limit} characters, got {len(value)}",
             )
+
+
+def _require_at_most(context: grpc.ServicerContext, field: str, count: int, limit: int) -> None:
+    if count > limit:
+        abort(
+            context,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{field} holds {count} {field}; a call takes at most {limit}",
+        )
 
 
 def _require_lease(context: grpc.ServicerContext, lease: int, name: str = "lease") -> None:

@@ -186,7 +186,7 @@ def test_every_service_serves_metrics_that_move_under_load(deployment: Deploymen
     assert value(processor, "atf_processor_owned_partitions") == 2
 
     # HSC: claims, heartbeats and results served.
-    for method in ("ClaimTask", "Heartbeat", "SetResults"):
+    for method in ("ClaimTasks", "Heartbeat", "SetResults"):
         grpc_method = f"/atf.v1.HeartbeatStatus/{method}"
         assert delta("hsc", "atf_grpc_server_handled_total", method=grpc_method, code="OK") >= 1
 

@@ -9,6 +9,7 @@ survives what would end an executor process.
 
 from __future__ import annotations
 
+import logging
 import random
 import subprocess
 import sys
@@ -343,6 +344,41 @@ def test_a_batched_task_reached_after_its_lease_was_handed_on_is_not_run(system:
     assert system.wait_status(waiting, TaskStatus.SUCCESS).lease == 2
     assert system.recorder.runs == [running, waiting], "each ran once; the second on lease 2"
     assert executor.stats.not_started == 1, "its heartbeat on the old lease was refused"
+
+
+def test_an_executor_stopped_mid_batch_starts_none_of_the_rest_after_its_grace(
+    system: System, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second = system.schedule("held", b"block"), system.schedule("held", b"block")
+    wait_for(lambda: system.controller.buffered().get(("held", 0)) == 2, 20, "both to be buffered")
+    executor = Executor(
+        system.app,
+        "held",
+        f"127.0.0.1:{system.controller.port}",
+        system.hsc_address,
+        threads=1,
+        wait_ms=1_000,
+        on_heartbeats_lost=system.unexpected_losses.append,
+    )
+    executor._run_estimate = 0.001
+    executor.start()
+    assert system.recorder.started.wait(15), "the first task did not start"
+    wait_for(lambda: executor.stats.batches == 1, 5, "the two to come in one answer")
+    running = system.recorder.runs[0]
+    waiting = second if running == first else first
+    with caplog.at_level(logging.INFO, logger="atf_es.services.executor"):
+        executor.stop(grace=0.2)
+        system.recorder.release.set()  # the callback returns after the grace
+        thread = executor._threads[0]
+        wait_for(lambda: not thread.is_alive(), 10, "the worker thread to end")
+    assert system.recorder.runs == [running], "nothing of the batch started after the grace"
+    assert "1 claimed tasks not run" in caplog.text
+    # Both come back after their heartbeat timeout (the first was cancelled
+    # by the stop, so it was not reported), and run on new leases.
+    system.executor("held", threads=1)
+    assert system.wait_status(waiting, TaskStatus.SUCCESS).lease == 2
+    assert system.wait_status(running, TaskStatus.SUCCESS).lease == 2
+    assert system.recorder.runs.count(waiting) == 1
 
 
 class _OlderHsc(HeartbeatStatusService):
