@@ -11,11 +11,13 @@ own on ``HOST:0``, whose URL is printed (docs/metrics.md).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -57,7 +59,9 @@ class ExecutorProcess:
         *,
         metrics_host: str | None = None,
         log_format: str = "text",
+        env: Mapping[str, str] | None = None,
     ):
+        """``env``: the child's environment (``executor_env``); default: this process's."""
         self.name = f"executor[{lambda_name}]"
         self.lambda_name = lambda_name
         self._command = [
@@ -68,6 +72,7 @@ class ExecutorProcess:
         if metrics_host is not None:
             self._command += ["--metrics", f"{metrics_host}:0"]
         self._metrics = metrics_host is not None
+        self._env = None if env is None else dict(env)
         self._out = out
         self._process: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
@@ -78,8 +83,8 @@ class ExecutorProcess:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         if not self._metrics:
-            return subprocess.Popen(self._command, stdout=subprocess.DEVNULL)
-        process = subprocess.Popen(self._command, stdout=subprocess.PIPE)
+            return subprocess.Popen(self._command, stdout=subprocess.DEVNULL, env=self._env)
+        process = subprocess.Popen(self._command, stdout=subprocess.PIPE, env=self._env)
         threading.Thread(
             target=self._read, args=(process,), name=f"{self.name}-out", daemon=True
         ).start()
@@ -126,6 +131,25 @@ class ExecutorProcess:
                 process.wait()
         if self._watcher is not None:
             self._watcher.join(5)
+
+
+def executor_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """An executor child's environment: ``base`` (this process's), with the
+    settings an executor reads set as ``ATF_*`` variables, so a child sees
+    what ``dev`` was given, from a ``--config`` file too: its token and TLS
+    roots for the services, and how it claims."""
+    env = dict(os.environ if base is None else base)
+    env["ATF_EXECUTOR_PREFETCH"] = str(settings.executor_prefetch)
+    env["ATF_EXECUTOR_BATCH"] = str(settings.executor_batch)
+    for name, value in (
+        ("ATF_AUTH_TOKEN", settings.auth_token),
+        ("ATF_TLS_CA_FILE", settings.tls_ca_file),
+    ):
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = str(value)
+    return env
 
 
 @dataclass
@@ -194,6 +218,7 @@ def start_system(
                 else None
             ),
             log_format=settings.log_format,
+            env=executor_env(settings),
         )
         for name in sorted(app.lambdas)
     ]

@@ -73,6 +73,21 @@ def test_dev_once_runs_the_demo_on_the_embedded_broker(tmp_path: Path) -> None:
     assert list((tmp_path / "broker").glob("tansu-*.log"))
 
 
+def test_dev_once_with_access_control_from_a_config_file(tmp_path: Path) -> None:
+    """The executor children get the token from dev's --config file too."""
+    token = "ops-" + "o" * 32
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(f'[[principal]]\nname = "ops"\ntoken = "{token}"\nroles = ["admin"]\n')
+    config = tmp_path / "atf.toml"
+    config.write_text(f'auth_tokens_file = "{tokens}"\nauth_token = "{token}"\n')
+    env = {k: v for k, v in _env().items() if k not in ("ATF_AUTH_TOKEN", "ATF_CONFIG")}
+    result = _run(
+        "dev", "--once", "--config", str(config), "--data-dir", str(tmp_path / "data"), env=env
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "demo: all tasks ended as expected" in result.stdout, result.stdout
+
+
 def test_dev_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     log = tmp_path / "out.txt"
     with log.open("w") as out:
