@@ -176,7 +176,13 @@ class Settings:
     first heartbeat to start. 0 (the default): a thread claims tasks only
     when it is free to run them, and that claim starts them (up to
     ``executor_batch``), which measured faster (docs/benchmarks.md)."""
-    executor_batch: int = 8
+    controller_buffer: int = 256
+    """The most items a Controller holds per (lambda, priority), read from
+    the exec topics and not yet claimed; a full buffer pauses reading until
+    it has drained to half. It should hold what the host's executor threads
+    take at once (threads x ``executor_batch``), or they wait for the
+    Controller's next fetch (docs/benchmarks.md)."""
+    executor_batch: int = 32
     """The most tasks an executor thread without prefetch claims in one
     ``NextWork``, all started by that one claim and run one after the other.
     A thread asks for more than one only while the lambda's callbacks are
@@ -267,6 +273,7 @@ class Settings:
             "priority_aging_ms": (1, DAY_MS),
             "executor_prefetch": (0, 1),
             "executor_batch": (1, 100),
+            "controller_buffer": (1, 100_000),
         }
         for name, (low, high) in limits.items():
             value = getattr(self, name)
@@ -338,6 +345,7 @@ _INT_FIELDS = {
     "priority_aging_ms",
     "executor_prefetch",
     "executor_batch",
+    "controller_buffer",
 }
 
 

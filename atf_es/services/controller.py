@@ -35,10 +35,11 @@ controller therefore loses nothing that was read but not claimed: its
 successor reads those items again (a repeat is refused by its lease), and
 anything truly lost is re-enqueued by the processor's enqueue timeout.
 
-Flow control. Each buffer holds at most ``buffer_per_priority`` items. When
-one is full the partitions of its topic are paused (a message that arrives
-anyway is not buffered: its partition is rewound to it) and resumed once the
-buffer has drained to half, so a busy host never reads more than it can run.
+Flow control. Each buffer holds at most ``buffer_per_priority`` items
+(``Settings.controller_buffer``). When one is full the partitions of its
+topic are paused (a message that arrives anyway is not buffered: its
+partition is rewound to it) and resumed once the buffer has drained to half,
+so a busy host never reads much more than it can run.
 
 Threads: one poll thread owns the Kafka consumer (assignment, pause/resume,
 offset storage); gRPC handler threads only touch the buffers, under a lock,
@@ -245,12 +246,15 @@ class Controller:
         *,
         controller_id: str | None = None,
         address: str = "127.0.0.1:0",
-        buffer_per_priority: int = 64,
+        buffer_per_priority: int | None = None,
         max_workers: int = 64,
         security: ServerSecurity = OPEN,
     ) -> None:
         """``security``: how NextWork is served (TLS, access control); the
-        Controller calls the HSC with ``settings``' token and TLS roots."""
+        Controller calls the HSC with ``settings``' token and TLS roots.
+        ``buffer_per_priority``: default ``settings.controller_buffer``."""
+        if buffer_per_priority is None:
+            buffer_per_priority = settings.controller_buffer
         if not lambda_names:
             raise ValueError("a controller needs at least one lambda to serve")
         if buffer_per_priority < 1:

@@ -166,7 +166,7 @@ class Executor:
         worker_id: str | None = None,
         wait_ms: int = NEXT_WORK_WAIT_MS,
         prefetch: bool = False,
-        batch: int = 8,
+        batch: int = 32,
         on_heartbeats_lost: Callable[[TaskContext], object] = exit_on_heartbeats_lost,
         credentials: Credentials = NO_CREDENTIALS,
     ) -> None:

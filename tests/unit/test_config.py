@@ -180,6 +180,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         ("max_batch", 0, "max_batch must be between 1 and 100000, got 0"),
         ("executor_prefetch", 2, "executor_prefetch must be between 0 and 1, got 2"),
         ("executor_batch", 0, "executor_batch must be between 1 and 100, got 0"),
+        ("controller_buffer", 0, "controller_buffer must be between 1 and 100000, got 0"),
         ("partitions", True, "partitions must be an integer, got True"),
         ("topic_prefix", "", "topic_prefix must not be empty"),
         ("topic_prefix", "a/b", "topic_prefix 'a/b' may only contain ASCII letters"),
