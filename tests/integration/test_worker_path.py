@@ -186,6 +186,29 @@ class System:
         assert found is not None
         return found
 
+    def batch_of_two_blocked(self) -> tuple[Executor, str, str]:
+        """Two ``held`` tasks that block, claimed in one NextWork by a one-thread
+        executor: (the executor, the task running, the task waiting behind it)."""
+        first, second = self.schedule("held", b"block"), self.schedule("held", b"block")
+        wait_for(lambda: self.controller.buffered().get(("held", 0)) == 2, 20, "both buffered")
+        # Not self.executor(): the estimate must be in place before the first NextWork.
+        executor = Executor(
+            self.app,
+            "held",
+            f"127.0.0.1:{self.controller.port}",
+            self.hsc_address,
+            threads=1,
+            wait_ms=1_000,
+            on_heartbeats_lost=self.unexpected_losses.append,
+        )
+        executor._run_estimate = 0.001  # as after short callbacks: it asks for several
+        self.executors.append(executor)
+        executor.start()
+        assert self.recorder.started.wait(15), "the first task did not start"
+        wait_for(lambda: executor.stats.batches == 1, 5, "the two to come in one answer")
+        running = self.recorder.runs[0]
+        return executor, running, second if running == first else first
+
     def start_controller(self, hsc_address: str | None = None, **options: Any) -> Controller:
         assert self.settings.kafka_bootstrap is not None
         controller = Controller(
@@ -320,24 +343,7 @@ def test_a_batched_task_reached_after_its_lease_was_handed_on_is_not_run(system:
     """Two tasks claimed started in one NextWork; the first runs past the
     heartbeat timeout, which hands the second (no heartbeats while it waits)
     on. The thread must not run the second on its old lease, only on the new."""
-    first, second = system.schedule("held", b"block"), system.schedule("held", b"block")
-    wait_for(lambda: system.controller.buffered().get(("held", 0)) == 2, 20, "both to be buffered")
-    executor = Executor(
-        system.app,
-        "held",
-        f"127.0.0.1:{system.controller.port}",
-        system.hsc_address,
-        threads=1,
-        wait_ms=1_000,
-        on_heartbeats_lost=system.unexpected_losses.append,
-    )
-    executor._run_estimate = 0.001  # as after short callbacks: it asks for several
-    system.executors.append(executor)
-    executor.start()
-    assert system.recorder.started.wait(15), "the first task did not start"
-    wait_for(lambda: executor.stats.batches == 1, 5, "the two to come in one answer")
-    running = system.recorder.runs[0]
-    waiting = second if running == first else first
+    executor, running, waiting = system.batch_of_two_blocked()
     wait_for(lambda: system.task(waiting).lease == 2, 20, "the heartbeat timeout to hand it on")
     system.recorder.release.set()
     assert system.wait_status(running, TaskStatus.SUCCESS).lease == 1
@@ -349,23 +355,7 @@ def test_a_batched_task_reached_after_its_lease_was_handed_on_is_not_run(system:
 def test_an_executor_stopped_mid_batch_starts_none_of_the_rest_after_its_grace(
     system: System, caplog: pytest.LogCaptureFixture
 ) -> None:
-    first, second = system.schedule("held", b"block"), system.schedule("held", b"block")
-    wait_for(lambda: system.controller.buffered().get(("held", 0)) == 2, 20, "both to be buffered")
-    executor = Executor(
-        system.app,
-        "held",
-        f"127.0.0.1:{system.controller.port}",
-        system.hsc_address,
-        threads=1,
-        wait_ms=1_000,
-        on_heartbeats_lost=system.unexpected_losses.append,
-    )
-    executor._run_estimate = 0.001
-    executor.start()
-    assert system.recorder.started.wait(15), "the first task did not start"
-    wait_for(lambda: executor.stats.batches == 1, 5, "the two to come in one answer")
-    running = system.recorder.runs[0]
-    waiting = second if running == first else first
+    executor, running, waiting = system.batch_of_two_blocked()
     with caplog.at_level(logging.INFO, logger="atf_es.services.executor"):
         executor.stop(grace=0.2)
         system.recorder.release.set()  # the callback returns after the grace
