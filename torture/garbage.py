@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -339,9 +339,10 @@ def garbage_exec_records(
     *,
     priority: int = 0,
     n: int | None = None,
+    kinds: Collection[str] | None = None,
 ) -> list[SentRecord]:
-    """Send ``n`` garbage records (default: one of each kind) to ``lambda_name``'s
-    exec topic at ``priority``.
+    """Send ``n`` garbage records (default: one of each kind, or of each of
+    ``kinds``) to ``lambda_name``'s exec topic at ``priority``.
 
     Undecodable records, and work items no HSC accepts a claim for: random task
     ids, bad leases, an empty or a huge task id, another lambda's or priority's
@@ -374,6 +375,11 @@ def garbage_exec_records(
         ("other-lambda", lambda: encode_work(_work_item(rng, _rid(rng, "nolambda"), priority))),
         ("other-priority", lambda: encode_work(_work_item(rng, lambda_name, other))),
     ]
+    if kinds is not None:
+        unknown = set(kinds) - {kind for kind, _ in makers}
+        if unknown:
+            raise ValueError(f"no such garbage kinds: {', '.join(sorted(unknown))}")
+        makers = [(kind, make) for kind, make in makers if kind in kinds]
     records: list[_Record] = []
     for index in range(len(makers) if n is None else n):
         kind, make = makers[index] if index < len(makers) else rng.choice(makers)

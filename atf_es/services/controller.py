@@ -652,19 +652,32 @@ class Controller:
                 ]
             )
             failure = ""
+            replies: Sequence[common_pb2.CommandReply] | None = None
             try:
                 replies = self._claim_tasks(hsc, request, timeout)
             except grpc.RpcError as error:
                 code = error.code()
-                if code in REFUSAL_CODES or code in _BROKEN:
+                if (code in REFUSAL_CODES or code in _BROKEN) and len(pending) > 1:
+                    # The HSC refused the batch as a whole: one claim in it is one
+                    # it cannot take (a garbage item's empty task id or bad lease).
+                    # Asked claim by claim, only that one is discarded.
+                    log.debug(
+                        "ClaimTasks refused %d claims as a whole (%s %s): claiming one by one",
+                        len(pending),
+                        code.name,
+                        error.details(),
+                    )
+                    replies = _one_by_one(hsc, request, timeout)
+                elif code in REFUSAL_CODES or code in _BROKEN:
                     # The call itself was refused: asking again fails the same way.
                     for i in pending:
                         outcome[i] = False
                         self._refused(entries[i], worker, code.name, error.details(), code)
                     return outcome
-                failure = f"{code.name} {error.details()}"
-                still = pending
-            else:
+                else:
+                    failure = f"{code.name} {error.details()}"
+                    still = pending
+            if replies is not None:
                 if len(replies) != len(pending):
                     # An HSC bug: which claim went through is not known. Discarded
                     # loudly, like a broken call; their claim timeouts enqueue them.

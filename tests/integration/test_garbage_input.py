@@ -465,6 +465,30 @@ def test_garbage_in_the_exec_topics_does_not_stall_the_controller(system: System
     assert not system.controller.failed
 
 
+def test_a_task_claimed_in_one_call_with_unclaimable_items_is_handed_out(
+    system: System,
+) -> None:
+    """The HSC refuses a ``ClaimTasks`` whose claims include one it cannot take
+    (an empty task id, a bad lease) as a whole: the good task batched with such
+    items must still be claimed, and only the garbage discarded."""
+    stats = system.controller.stats
+    received, discarded = stats.received, stats.discarded
+    task_id = system.schedule("served")
+    wait_for(lambda: stats.received > received, 20, "the task to reach the controller's buffer")
+    kinds = {"unknown-task", "zero-lease", "negative-lease", "empty-task-id", "huge-task-id"}
+    sent = garbage_exec_records(system.settings, "served", random.Random(6), kinds=kinds)
+    assert {r.kind for r in sent} == kinds
+    wait_for(
+        lambda: stats.received - received == 1 + len(sent),
+        20,
+        "the garbage to reach the controller's buffer, behind the task",
+    )
+    # One poll takes them all (max_tasks 100) and claims them in one call.
+    assert system.next_work(wait_ms=0) == [task_id]
+    assert stats.discarded - discarded == len(sent)
+    assert not system.controller.failed
+
+
 # -- the control topic -----------------------------------------------------------
 
 
