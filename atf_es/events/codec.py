@@ -31,6 +31,7 @@ from fastavro.schema import fingerprint as _fastavro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
 from atf_es.events.commands import Command
+from atf_es.events.compiled import compile_reader, compile_writer
 from atf_es.events.gates import Gate
 from atf_es.events.periodic import PeriodicSchedule
 from atf_es.events.policy import LambdaPolicy
@@ -182,7 +183,7 @@ def _load_versions(name: str, directory: Path) -> tuple[SchemaVersion, ...]:
 class Codec:
     """Single-object encoding of one record name, across all its versions."""
 
-    __slots__ = ("_by_fingerprint", "_current", "_header", "name", "versions")
+    __slots__ = ("_by_fingerprint", "_current", "_header", "_read", "_write", "name", "versions")
 
     def __init__(self, name: str, directory: Path | None = None) -> None:
         self.name = name
@@ -192,6 +193,10 @@ class Codec:
         self._by_fingerprint = {v.fingerprint: v for v in self.versions}
         if len(self._by_fingerprint) != len(self.versions):
             raise SchemaError(f"two versions of {name} have the same canonical form")
+        # The current version compiled (atf_es.events.compiled); None keeps fastavro.
+        plain = _without_logical_types(self._current.schema)
+        self._write = compile_writer(plain)
+        self._read = compile_reader(plain)
 
     @property
     def current(self) -> SchemaVersion:
@@ -199,6 +204,13 @@ class Codec:
         return self._current
 
     def encode(self, record: Record) -> bytes:
+        if self._write is not None:
+            buffer = bytearray(self._header)
+            try:
+                self._write(buffer, record)
+            except Exception as exc:
+                raise EncodeError(f"cannot encode {self.name}: {exc}") from exc
+            return bytes(buffer)
         out = io.BytesIO()
         out.write(self._header)
         try:
@@ -219,6 +231,18 @@ class Codec:
         writer = self._by_fingerprint.get(buf[2:HEADER_SIZE])
         if writer is None:
             raise DecodeError(f"{self.name}: unknown schema fingerprint {buf[2:HEADER_SIZE].hex()}")
+        if writer is self._current and self._read is not None:
+            try:
+                record, end = self._read(buf, HEADER_SIZE)
+            except Exception as exc:
+                raise DecodeError(
+                    f"{self.name} v{writer.version}: {type(exc).__name__}: {exc}"
+                ) from exc
+            if end != len(buf):
+                raise DecodeError(f"{self.name}: {len(buf) - end} trailing bytes")
+            if not isinstance(record, dict):  # pragma: no cover - a compiled record is a dict
+                raise DecodeError(f"{self.name}: body is not a record")
+            return record
         reader = None if writer is self._current else self._current.parsed
         body = io.BytesIO(buf)
         body.seek(HEADER_SIZE)
