@@ -136,15 +136,77 @@ class _Compiler:
             return self.type_name(kind, ns) if not isinstance(kind, str) else kind
         return str(kind)
 
+    def new_function(
+        self, node: dict[str, Any], namespace: str | None, prefix: str
+    ) -> tuple[str, str | None, bool]:
+        """The record's function name, its namespace, and whether it is new."""
+        full = _fullname(node["name"], node.get("namespace", namespace))
+        if full in self.functions:
+            return self.functions[full], None, False
+        function = f"{prefix}{len(self.functions)}"
+        self.functions[full] = function
+        return function, full.rpartition(".")[0] or None, True
+
+    def emit(
+        self, lines: list[str], schema: Any, namespace: str | None, value: str, pad: str
+    ) -> None:
+        node, ns = self.resolve(schema, namespace)
+        if isinstance(node, list):
+            self.emit_union(lines, node, ns, value, pad)
+            return
+        kind = node if isinstance(node, str) else node["type"]
+        if isinstance(kind, (dict, list)):
+            self.emit(lines, kind, ns, value, pad)
+            return
+        self.emit_type(lines, node, ns, value, pad)
+
+    def emit_type(self, lines: list[str], node: Any, ns: str | None, value: str, pad: str) -> None:
+        """Lines that write (or read) ``value`` of a type that is not a union."""
+        raise NotImplementedError
+
+    def emit_union(
+        self, lines: list[str], branches: list[Any], namespace: str | None, value: str, pad: str
+    ) -> None:
+        """Lines that write (or read) ``value`` of a union type."""
+        raise NotImplementedError
+
+    def union_names(self, branches: list[Any], namespace: str | None) -> tuple[list[str], bool]:
+        """The branches' type names, and whether the union is ``["null", X]``.
+
+        Any other union must be of records only.
+        """
+        names = [self.type_name(b, namespace) for b in branches]
+        if len(branches) == 2 and names[0] == "null" and names[1] not in ("null", "union"):
+            return names, True
+        resolved = [self.resolve(b, namespace)[0] for b in branches]
+        if not all(isinstance(r, dict) and r.get("type") == "record" for r in resolved):
+            raise UnsupportedSchemaError(f"union {names}")
+        return names, False
+
+    def compile(self, schema: Any, helpers: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
+        """The executed module's namespace and the root function's name, or None."""
+        if not isinstance(schema, dict) or schema.get("type") != "record":
+            return None
+        try:
+            node, ns = self.resolve(schema, None)
+            root = self.record_function(node, ns)
+        except UnsupportedSchemaError:
+            return None
+        namespace = {**helpers, **self.constants}
+        # Record-union tables name functions; the callers bind them once all exist.
+        exec("\n\n".join(self.sources), namespace)  # our own generated source
+        return namespace, root
+
+    def record_function(self, node: dict[str, Any], namespace: str | None) -> str:
+        """The name of the generated function for a record, generating it once."""
+        raise NotImplementedError
+
 
 class _WriterCompiler(_Compiler):
     def record_function(self, node: dict[str, Any], namespace: str | None) -> str:
-        full = _fullname(node["name"], node.get("namespace", namespace))
-        if full in self.functions:
-            return self.functions[full]
-        function = f"_w{len(self.functions)}"
-        self.functions[full] = function
-        ns = full.rpartition(".")[0] or None
+        function, ns, new = self.new_function(node, namespace, "_w")
+        if not new:
+            return function
         lines = [f"def {function}(out, d):"]
         for field in node["fields"]:
             value = f"v{len(lines)}"
@@ -160,17 +222,8 @@ class _WriterCompiler(_Compiler):
         self.sources.append("\n".join(lines))
         return function
 
-    def emit(
-        self, lines: list[str], schema: Any, namespace: str | None, value: str, pad: str
-    ) -> None:
-        node, ns = self.resolve(schema, namespace)
-        if isinstance(node, list):
-            self.emit_union(lines, node, ns, value, pad)
-            return
+    def emit_type(self, lines: list[str], node: Any, ns: str | None, value: str, pad: str) -> None:
         kind = node if isinstance(node, str) else node["type"]
-        if isinstance(kind, (dict, list)):
-            self.emit(lines, kind, ns, value, pad)
-            return
         match kind:
             case "null":
                 lines.append(f"{pad}if {value} is not None: raise TypeError('null expected')")
@@ -207,17 +260,14 @@ class _WriterCompiler(_Compiler):
     def emit_union(
         self, lines: list[str], branches: list[Any], namespace: str | None, value: str, pad: str
     ) -> None:
-        names = [self.type_name(b, namespace) for b in branches]
-        if len(branches) == 2 and names[0] == "null" and names[1] not in ("null", "union"):
+        names, nullable = self.union_names(branches, namespace)
+        if nullable:
             lines.append(f"{pad}if {value} is None:")
             lines.append(f"{pad}    out.append(0)")
             lines.append(f"{pad}else:")
             lines.append(f"{pad}    out.append(2)")
             self.emit(lines, branches[1], namespace, value, pad + "    ")
             return
-        resolved = [self.resolve(b, namespace)[0] for b in branches]
-        if not all(isinstance(r, dict) and r.get("type") == "record" for r in resolved):
-            raise UnsupportedSchemaError(f"union {names}")
         if len(branches) == 1:
             lines.append(f"{pad}out.append(0)")
             lines.append(f"{pad}if type({value}) is tuple: {value} = {value}[1]")
@@ -237,24 +287,18 @@ class _WriterCompiler(_Compiler):
 
 def compile_writer(schema: dict[str, Any]) -> Callable[[bytearray, Any], None] | None:
     """``write(out, record)`` appending the record's Avro body to ``out``, or None."""
-    if not isinstance(schema, dict) or schema.get("type") != "record":
-        return None
     compiler = _WriterCompiler()
-    try:
-        node, ns = compiler.resolve(schema, None)
-        root = compiler.record_function(node, ns)
-    except UnsupportedSchemaError:
-        return None
-    namespace: dict[str, Any] = {
+    helpers = {
         "_write_long": _write_long,
         "_write_string": _write_string,
         "_write_bytes": _write_bytes,
         "_pack_float": struct.Struct("<f").pack,
         "_pack_double": struct.Struct("<d").pack,
-        **compiler.constants,
     }
-    # Record-union tables name functions; bind them once all are defined.
-    exec("\n\n".join(compiler.sources), namespace)  # our own generated source
+    compiled = compiler.compile(schema, helpers)
+    if compiled is None:
+        return None
+    namespace, root = compiled
     for value in compiler.constants.values():
         if isinstance(value, dict):
             for key, entry in list(value.items()):
@@ -300,12 +344,9 @@ def _read_size(data: bytes, pos: int) -> tuple[int, int]:
 
 class _ReaderCompiler(_Compiler):
     def record_function(self, node: dict[str, Any], namespace: str | None) -> str:
-        full = _fullname(node["name"], node.get("namespace", namespace))
-        if full in self.functions:
-            return self.functions[full]
-        function = f"_r{len(self.functions)}"
-        self.functions[full] = function
-        ns = full.rpartition(".")[0] or None
+        function, ns, new = self.new_function(node, namespace, "_r")
+        if not new:
+            return function
         lines = [f"def {function}(data, pos):"]
         names = []
         for field in node["fields"]:
@@ -317,17 +358,8 @@ class _ReaderCompiler(_Compiler):
         self.sources.append("\n".join(lines))
         return function
 
-    def emit(
-        self, lines: list[str], schema: Any, namespace: str | None, value: str, pad: str
-    ) -> None:
-        node, ns = self.resolve(schema, namespace)
-        if isinstance(node, list):
-            self.emit_union(lines, node, ns, value, pad)
-            return
+    def emit_type(self, lines: list[str], node: Any, ns: str | None, value: str, pad: str) -> None:
         kind = node if isinstance(node, str) else node["type"]
-        if isinstance(kind, (dict, list)):
-            self.emit(lines, kind, ns, value, pad)
-            return
         match kind:
             case "null":
                 lines.append(f"{pad}{value} = None")
@@ -387,8 +419,8 @@ class _ReaderCompiler(_Compiler):
     def emit_union(
         self, lines: list[str], branches: list[Any], namespace: str | None, value: str, pad: str
     ) -> None:
-        names = [self.type_name(b, namespace) for b in branches]
-        if len(branches) == 2 and names[0] == "null" and names[1] not in ("null", "union"):
+        names, nullable = self.union_names(branches, namespace)
+        if nullable:
             lines.append(f"{pad}_u = data[pos]; pos += 1")
             lines.append(f"{pad}if _u == 0:")
             lines.append(f"{pad}    {value} = None")
@@ -399,9 +431,6 @@ class _ReaderCompiler(_Compiler):
                 f"{pad}    raise IndexError(f'union index {{(_u >> 1) ^ -(_u & 1)}} of 2 branches')"
             )
             return
-        resolved = [self.resolve(b, namespace)[0] for b in branches]
-        if not all(isinstance(r, dict) and r.get("type") == "record" for r in resolved):
-            raise UnsupportedSchemaError(f"union {names}")
         if len(branches) == 1:
             lines.append(f"{pad}_u = data[pos]; pos += 1")
             lines.append(f"{pad}if _u != 0: raise IndexError('union index of 1 branch')")
@@ -427,22 +456,17 @@ def compile_reader(schema: dict[str, Any]) -> Callable[[bytes, int], tuple[Any, 
     ``(full name, record)`` pair, any other value plain. Truncated input
     raises ``IndexError`` or ``EOFError``; bad UTF-8, ``UnicodeDecodeError``.
     """
-    if not isinstance(schema, dict) or schema.get("type") != "record":
-        return None
     compiler = _ReaderCompiler()
-    try:
-        node, ns = compiler.resolve(schema, None)
-        root = compiler.record_function(node, ns)
-    except UnsupportedSchemaError:
-        return None
-    namespace: dict[str, Any] = {
+    helpers = {
         "_read_long": _read_long,
         "_read_size": _read_size,
         "_unpack_float": struct.Struct("<f").unpack_from,
         "_unpack_double": struct.Struct("<d").unpack_from,
-        **compiler.constants,
     }
-    exec("\n\n".join(compiler.sources), namespace)  # our own generated source
+    compiled = compiler.compile(schema, helpers)
+    if compiled is None:
+        return None
+    namespace, root = compiled
     for value in compiler.constants.values():
         if isinstance(value, list):
             value[:] = [(name, namespace[function]) for name, function in value]
