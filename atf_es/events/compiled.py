@@ -136,16 +136,21 @@ class _Compiler:
             return self.type_name(kind, ns) if not isinstance(kind, str) else kind
         return str(kind)
 
-    def new_function(
-        self, node: dict[str, Any], namespace: str | None, prefix: str
-    ) -> tuple[str, str | None, bool]:
-        """The record's function name, its namespace, and whether it is new."""
+    prefix = "_f"
+
+    def record_function(self, node: dict[str, Any], namespace: str | None) -> str:
+        """The name of the generated function for a record, generating it once."""
         full = _fullname(node["name"], node.get("namespace", namespace))
         if full in self.functions:
-            return self.functions[full], None, False
-        function = f"{prefix}{len(self.functions)}"
+            return self.functions[full]
+        function = f"{self.prefix}{len(self.functions)}"
         self.functions[full] = function
-        return function, full.rpartition(".")[0] or None, True
+        self.sources.append(self.record_source(function, node, full.rpartition(".")[0] or None))
+        return function
+
+    def record_source(self, function: str, node: dict[str, Any], ns: str | None) -> str:
+        """The source of ``function`` for one record whose fields are in ``ns``."""
+        raise NotImplementedError
 
     def emit(
         self, lines: list[str], schema: Any, namespace: str | None, value: str, pad: str
@@ -197,16 +202,11 @@ class _Compiler:
         exec("\n\n".join(self.sources), namespace)  # our own generated source
         return namespace, root
 
-    def record_function(self, node: dict[str, Any], namespace: str | None) -> str:
-        """The name of the generated function for a record, generating it once."""
-        raise NotImplementedError
-
 
 class _WriterCompiler(_Compiler):
-    def record_function(self, node: dict[str, Any], namespace: str | None) -> str:
-        function, ns, new = self.new_function(node, namespace, "_w")
-        if not new:
-            return function
+    prefix = "_w"
+
+    def record_source(self, function: str, node: dict[str, Any], ns: str | None) -> str:
         lines = [f"def {function}(out, d):"]
         for field in node["fields"]:
             value = f"v{len(lines)}"
@@ -219,8 +219,7 @@ class _WriterCompiler(_Compiler):
             self.emit(lines, field["type"], ns, value, "    ")
         if len(lines) == 1:
             lines.append("    pass")
-        self.sources.append("\n".join(lines))
-        return function
+        return "\n".join(lines)
 
     def emit_type(self, lines: list[str], node: Any, ns: str | None, value: str, pad: str) -> None:
         kind = node if isinstance(node, str) else node["type"]
@@ -343,10 +342,9 @@ def _read_size(data: bytes, pos: int) -> tuple[int, int]:
 
 
 class _ReaderCompiler(_Compiler):
-    def record_function(self, node: dict[str, Any], namespace: str | None) -> str:
-        function, ns, new = self.new_function(node, namespace, "_r")
-        if not new:
-            return function
+    prefix = "_r"
+
+    def record_source(self, function: str, node: dict[str, Any], ns: str | None) -> str:
         lines = [f"def {function}(data, pos):"]
         names = []
         for field in node["fields"]:
@@ -355,8 +353,7 @@ class _ReaderCompiler(_Compiler):
             names.append((field["name"], value))
         body = ", ".join(f"{name!r}: {value}" for name, value in names)
         lines.append(f"    return {{{body}}}, pos")
-        self.sources.append("\n".join(lines))
-        return function
+        return "\n".join(lines)
 
     def emit_type(self, lines: list[str], node: Any, ns: str | None, value: str, pad: str) -> None:
         kind = node if isinstance(node, str) else node["type"]
