@@ -153,6 +153,15 @@ class Settings:
     arrive sooner wait and share the next one (0: commit every poll). Under
     load it turns many small transactions into fewer larger ones; a command
     that finds the partition idle for this long is committed at once."""
+    commands_fetch_wait_ms: int = 100
+    """How long the broker may hold a processor's fetch of the commands topic
+    while no command is there (Kafka's ``fetch.wait.max.ms``; every other
+    consumer uses 20 ms). Apache Kafka answers such a fetch as soon as a
+    command arrives, so there this only spaces out idle fetches. On the
+    embedded broker a busy processor fetched a few commands at a time, and
+    each fetch that finds data costs the broker a pass over the partition's
+    stored batches. 100 ms cut the broker's CPU and lowered delivery latency;
+    200 ms and more slowed tasks (docs/benchmarks.md, "Commands fetch wait")."""
     frontend_address: str = "127.0.0.1:7070"
     """host:port of the Frontend gRPC service (where it listens, where clients call)."""
     hsc_address: str = "127.0.0.1:7071"
@@ -270,6 +279,7 @@ class Settings:
             "max_enqueued": (1, 1_000_000),
             "max_batch": (1, 100_000),
             "commit_interval_ms": (0, 10_000),
+            "commands_fetch_wait_ms": (1, 10_000),
             "priority_aging_ms": (1, DAY_MS),
             "executor_prefetch": (0, 1),
             "executor_batch": (1, 100),
@@ -342,6 +352,7 @@ _INT_FIELDS = {
     "max_enqueued",
     "max_batch",
     "commit_interval_ms",
+    "commands_fetch_wait_ms",
     "priority_aging_ms",
     "executor_prefetch",
     "executor_batch",

@@ -234,12 +234,7 @@ class Processor:
             self.bootstrap,
             f"{self.settings.topic_prefix}.processor",
             self.settings.kafka_config,
-            overrides={
-                "session.timeout.ms": self.settings.session_timeout_ms,
-                "heartbeat.interval.ms": max(100, self.settings.session_timeout_ms // 10),
-                "max.poll.interval.ms": 600_000,
-                "client.id": f"processor-{self.instance_id}",
-            },
+            overrides=commands_consumer_overrides(self.settings, self.instance_id),
         )
         self._reply_partition_exists(0)  # learn the replies topic's partitions now
         self._poison_partitions = self._partition_count(self.topics.poison) or 1
@@ -769,6 +764,17 @@ def _log_transition(partition: int, before: Task | None, task: Task) -> None:
             " (or a gate holds it)" if task.status is TaskStatus.NEW else "",
             extra=context,
         )
+
+
+def commands_consumer_overrides(settings: Settings, instance_id: str) -> dict[str, int | str]:
+    """How a processor's group consumer of the commands topic differs from the others."""
+    return {
+        "session.timeout.ms": settings.session_timeout_ms,
+        "heartbeat.interval.ms": max(100, settings.session_timeout_ms // 10),
+        "max.poll.interval.ms": 600_000,
+        "client.id": f"processor-{instance_id}",
+        "fetch.wait.max.ms": settings.commands_fetch_wait_ms,
+    }
 
 
 def record_limit(settings: Settings) -> int:

@@ -36,6 +36,7 @@ def test_defaults() -> None:
     assert settings.session_timeout_ms == 10_000
     assert settings.max_enqueued == 1_000
     assert settings.max_batch == 500
+    assert settings.commands_fetch_wait_ms == 100
     assert dict(settings.kafka_config) == {}
     assert settings.source_of("partitions") == "default"
 
@@ -46,6 +47,15 @@ def test_settings_are_frozen() -> None:
         settings.partitions = 3  # type: ignore[misc]
     with pytest.raises(TypeError):
         settings.kafka_config["x"] = "y"  # type: ignore[index]
+
+
+def test_the_commands_fetch_wait_comes_from_the_environment() -> None:
+    settings = load_settings(env={"ATF_COMMANDS_FETCH_WAIT_MS": "250"})
+    assert settings.commands_fetch_wait_ms == 250
+    assert _problems(env={"ATF_COMMANDS_FETCH_WAIT_MS": "soon"}) == [
+        "commands_fetch_wait_ms must be an integer, got 'soon' "
+        "(from environment variable ATF_COMMANDS_FETCH_WAIT_MS)."
+    ]
 
 
 def test_file_then_env_then_overrides(tmp_path: Path) -> None:
@@ -178,6 +188,8 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         ("session_timeout_ms", 999, "session_timeout_ms must be between 1000 and 1800000"),
         ("max_enqueued", 0, "max_enqueued must be between 1 and 1000000, got 0"),
         ("max_batch", 0, "max_batch must be between 1 and 100000, got 0"),
+        ("commands_fetch_wait_ms", 0, "commands_fetch_wait_ms must be between 1 and 10000"),
+        ("commands_fetch_wait_ms", 10_001, "commands_fetch_wait_ms must be between 1 and 10000"),
         ("executor_prefetch", 2, "executor_prefetch must be between 0 and 1, got 2"),
         ("executor_batch", 0, "executor_batch must be between 1 and 100, got 0"),
         ("controller_buffer", 0, "controller_buffer must be between 1 and 100000, got 0"),
