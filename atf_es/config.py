@@ -153,15 +153,17 @@ class Settings:
     arrive sooner wait and share the next one (0: commit every poll). Under
     load it turns many small transactions into fewer larger ones; a command
     that finds the partition idle for this long is committed at once."""
-    commands_fetch_wait_ms: int = 100
+    commands_fetch_wait_ms: int = 20
     """How long the broker may hold a processor's fetch of the commands topic
     while no command is there (Kafka's ``fetch.wait.max.ms``; every other
     consumer uses 20 ms). Apache Kafka answers such a fetch as soon as a
-    command arrives, so there this only spaces out idle fetches. On the
-    embedded broker a busy processor fetched a few commands at a time, and
-    each fetch that finds data costs the broker a pass over the partition's
-    stored batches. 100 ms cut the broker's CPU and lowered delivery latency;
-    200 ms and more slowed tasks (docs/benchmarks.md, "Commands fetch wait")."""
+    command arrives, so there a longer wait only spaces out idle fetches.
+    The embedded broker holds it for the whole wait, so a longer one delays
+    a lone command, but under load it means fewer, larger fetches, and each
+    fetch that finds data costs that broker a pass over the partition's
+    stored batches: 100 ms took a fifth off its CPU and lowered p95 delivery
+    at 25-50 % load, and nearly doubled it at 6 tasks/s (docs/benchmarks.md,
+    "Commands fetch wait")."""
     frontend_address: str = "127.0.0.1:7070"
     """host:port of the Frontend gRPC service (where it listens, where clients call)."""
     hsc_address: str = "127.0.0.1:7071"

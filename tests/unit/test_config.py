@@ -36,7 +36,7 @@ def test_defaults() -> None:
     assert settings.session_timeout_ms == 10_000
     assert settings.max_enqueued == 1_000
     assert settings.max_batch == 500
-    assert settings.commands_fetch_wait_ms == 100
+    assert settings.commands_fetch_wait_ms == 20
     assert dict(settings.kafka_config) == {}
     assert settings.source_of("partitions") == "default"
 
